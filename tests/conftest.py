@@ -1,0 +1,104 @@
+"""Shared fixtures: real upstreams (httpbin under gunicorn, a scripted raw server) and the gateway process.
+
+Fixtures
+- ``httpbin`` (session): ``HttpbinServer`` with ``.url``, ``.host``, ``.port``, ``.hostport``.
+- ``scripted`` (session): ``ScriptedUpstream`` with ``.url``, ``.port``, ``.requests``, ``.wait_request(token)``,
+  ``.request_for(token)``, ``.open_gate(name)``; actions are listed in ``tests/fixtures/upstreams.py``.
+- ``gateway`` (function): factory ``gateway(config: dict, name: str | None = None) -> Gateway``; each gateway is
+  stopped (SIGTERM, then SIGKILL) at teardown. ``Gateway`` has ``.url``, ``.host``, ``.port``, ``.pid``,
+  ``.access_log_lines()``, ``.log_for(request_id)``, ``.wait_log(pred)``, ``.rss_kb()``, ``.hwm_kb()``,
+  ``.raw()`` (a ``RawConnection``), ``.request(method, path, body, headers)``, ``.stop()``.
+- ``shared_gateway`` (session): the same factory, but one process per distinct config for the whole session. Use it
+  when a test only looks at its own requests (tagged with ``token``), never at process-wide state.
+- ``token`` (function): a fresh hex id to tag requests (``?t=<token>``) so the scripted upstream can find them.
+- ``refusing_port`` (function): ``RefusingPort`` with ``.url``/``.port`` that refuses connections.
+- ``raw`` (function): factory ``raw(host, port, timeout=10) -> RawConnection``, closed at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.fixtures.gateway import Gateway
+from tests.fixtures.rawhttp import RawConnection
+from tests.fixtures.upstreams import HttpbinServer, RefusingPort, ScriptedUpstream
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than 30 s; deselect with -m 'not slow'")
+
+
+@pytest.fixture(scope="session")
+def httpbin(tmp_path_factory):
+    server = HttpbinServer(threads=16, log_dir=tmp_path_factory.mktemp("httpbin")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def scripted():
+    server = ScriptedUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    started: list[Gateway] = []
+
+    def make(config: dict, name: str | None = None) -> Gateway:
+        gw = Gateway(config, tmp_path, name=name or f"gw{len(started)}")
+        started.append(gw)
+        return gw.start()
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_gateway(tmp_path_factory):
+    cache: dict[str, Gateway] = {}
+    base = tmp_path_factory.mktemp("shared-gw")
+
+    def make(config: dict) -> Gateway:
+        key = json.dumps(config, sort_keys=True)
+        gw = cache.get(key)
+        if gw is None or not gw.alive():
+            gw = Gateway(config, base, name=f"gw{len(cache)}")
+            cache[key] = gw
+            gw.start()
+        return gw
+
+    yield make
+    for gw in cache.values():
+        gw.stop()
+
+
+@pytest.fixture
+def token() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+def refusing_port():
+    p = RefusingPort()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def raw():
+    conns: list[RawConnection] = []
+
+    def make(host: str, port: int, timeout: float = 10.0) -> RawConnection:
+        c = RawConnection(host, port, timeout)
+        conns.append(c)
+        return c
+
+    yield make
+    for c in conns:
+        c.close()
