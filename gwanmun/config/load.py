@@ -1,0 +1,492 @@
+"""Loading a declarative config file: YAML with line numbers, ``${ENV}`` interpolation, validation, hashing.
+
+Pipeline: compose the YAML node tree (SafeLoader) and build plain values ourselves, recording the 1-based line of
+every field path and rejecting duplicate keys -> interpolate ``${NAME}`` / ``${NAME:-default}`` in string scalars
+-> validate with the pydantic models -> cross-entity checks (references, uniqueness). Every problem found along
+the way is collected; if there is any, one ``ConfigError`` lists them all, sorted by line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError, ConfigIssue, Path, format_path
+from .model import TARGET_DEFAULT_PORT, DeclarativeConfig, describe_extra_field, parse_host_port
+
+__all__ = ["LoadedConfig", "config_hash", "load_data", "load_file", "load_text"]
+
+MAX_VALUES = 1_000_000  # guards against alias ("billion laughs") expansion
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and where it came from.
+
+    ``hash`` is the sha256 (hex) of the canonical JSON of the validated config, so formatting, comments, key order
+    and equivalent spellings (``url`` vs host/port, defaults written out or not) do not change it. ``lines`` maps a
+    field path as written in the file (e.g. ``('services', 0, 'routes', 1, 'paths', 0)``) to its 1-based line.
+    """
+
+    config: DeclarativeConfig
+    source: str
+    hash: str
+    lines: dict[tuple, int] = field(default_factory=dict, compare=False, repr=False)
+
+
+def config_hash(config: DeclarativeConfig) -> str:
+    canonical = json.dumps(
+        config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_file(path: str, *, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read, interpolate and validate a config file. Raises ``ConfigError``."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError([ConfigIssue((), f"cannot read config file: {e.strerror or e}", file=path)]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError([ConfigIssue((), "the file is not valid UTF-8", file=path, line=line)]) from None
+    return load_text(text, filename=path, env=env)
+
+
+def load_text(text: str, filename: str = "<string>", *, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Parse, interpolate (``env`` defaults to ``os.environ``) and validate YAML text. Raises ``ConfigError``."""
+    reader = _Reader(filename, os.environ if env is None else env)
+    data = reader.read(text)
+    return _validate(data, filename, reader.lines, reader.issues, reader.failed_paths, reader.secrets)
+
+
+def load_data(data: Any, filename: str = "<data>", *, lines: Mapping[tuple, int] | None = None) -> LoadedConfig:
+    """Validate already-parsed data (no interpolation), with the same checks and errors as ``load_text``."""
+    return _validate(data, filename, dict(lines or {}), [], set(), [])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# YAML -> plain values, with lines
+# --------------------------------------------------------------------------------------------------------------
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class _Reader:
+    def __init__(self, filename: str, env: Mapping[str, str]) -> None:
+        self.filename = filename
+        self.env = env
+        self.lines: dict[tuple, int] = {}
+        self.issues: list[ConfigIssue] = []
+        self.failed_paths: set[tuple] = set()  # values whose interpolation failed
+        self.secrets: list[tuple[tuple, str]] = []  # (path, substituted env value): never echoed in messages
+        self._constructor = yaml.constructor.SafeConstructor()
+        self._resolver = yaml.resolver.Resolver()
+        self._count = 0
+        self._stack: set[int] = set()
+
+    def issue(self, path: Path, message: str, line: int | None) -> None:
+        self.issues.append(ConfigIssue(tuple(path), message, file=self.filename, line=line))
+
+    def read(self, text: str) -> Any:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            problem = e.problem or "invalid YAML"
+            if e.context and e.context_mark is not None and e.problem_mark is not None:
+                problem = f"{problem} ({e.context} at line {e.context_mark.line + 1})"
+            line = mark.line + 1 if mark is not None else None
+            raise ConfigError([ConfigIssue((), f"YAML syntax error: {problem}", self.filename, line)]) from None
+        except yaml.YAMLError as e:
+            raise ConfigError([ConfigIssue((), f"YAML error: {e}", self.filename)]) from None
+        if root is None:
+            raise ConfigError([ConfigIssue((), "the config is empty: expected at least '_format_version'",
+                                           self.filename, 1)])
+        self.lines[()] = root.start_mark.line + 1
+        if not isinstance(root, yaml.MappingNode):
+            raise ConfigError([ConfigIssue((), "the config must be a YAML mapping (with '_format_version', "
+                                               "'services', ...)", self.filename, root.start_mark.line + 1)])
+        return self.build(root, ())
+
+    # ---- nodes -----------------------------------------------------------------------------------------------
+
+    def build(self, node: yaml.Node, path: tuple) -> Any:
+        self._count += 1
+        if self._count > MAX_VALUES:
+            raise ConfigError([ConfigIssue(path, "the config is too large (too many values after expanding YAML "
+                                                 "aliases)", self.filename, node.start_mark.line + 1)])
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        if id(node) in self._stack:
+            self.issue(path, "recursive YAML alias", node.start_mark.line + 1)
+            return None
+        self._stack.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                out = []
+                for i, item in enumerate(node.value):
+                    self.lines.setdefault(path + (i,), item.start_mark.line + 1)
+                    out.append(self.build(item, path + (i,)))
+                return out
+            return self.mapping(node, path)
+        finally:
+            self._stack.discard(id(node))
+
+    def mapping(self, node: yaml.MappingNode, path: tuple) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        first_line: dict[str, int] = {}
+        merges: list[yaml.Node] = []
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _MERGE_TAG:
+                merges.append(value_node)
+                continue
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.issue(path, "mapping keys must be plain strings", line)
+                continue
+            key = key_node.value  # keys are taken as written: `on:` stays "on", `80:` is "80"
+            if key in first_line:
+                self.issue(path + (key,), f"duplicate key '{key}' (first set at line {first_line[key]})", line)
+                continue
+            first_line[key] = line
+            self.lines[path + (key,)] = line
+            out[key] = self.build(value_node, path + (key,))
+        # YAML merge keys (`<<: *defaults`): explicit keys win, then earlier merged mappings
+        for merge in merges:
+            sources = merge.value if isinstance(merge, yaml.SequenceNode) else [merge]
+            for src in sources:
+                if not isinstance(src, yaml.MappingNode):
+                    self.issue(path, "a '<<' merge key needs a mapping or a list of mappings", src.start_mark.line + 1)
+                    continue
+                merged = self.mapping(src, path)
+                for k, v in merged.items():
+                    if k not in out:
+                        out[k] = v
+        return out
+
+    def scalar(self, node: yaml.ScalarNode, path: tuple) -> Any:
+        if node.tag == _STR_TAG and "${" in node.value:
+            value = self.interpolate(node.value, path, node.start_mark.line + 1)
+            if node.style is None and value != node.value:  # plain scalar: type the result as YAML would
+                tag = self._resolver.resolve(yaml.ScalarNode, value, (True, False))
+                node = yaml.ScalarNode(tag, value, node.start_mark, node.end_mark)
+            else:
+                return value
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as e:
+            self.issue(path, f"invalid value: {e.problem}", node.start_mark.line + 1)
+            return None
+
+    def interpolate(self, text: str, path: tuple, line: int) -> str:
+        """``${NAME}``, ``${NAME:-default}`` (default when unset or empty), ``$${`` for a literal ``${``."""
+        out: list[str] = []
+        i, n = 0, len(text)
+        while i < n:
+            if text.startswith("$${", i):
+                out.append("${")
+                i += 3
+                continue
+            if not text.startswith("${", i):
+                out.append(text[i])
+                i += 1
+                continue
+            end = text.find("}", i + 2)
+            if end < 0:
+                self.failed_paths.add(path)
+                self.issue(path, "unterminated '${' (write '$${' for a literal '${')", line)
+                return ""
+            inner = text[i + 2 : end]
+            name, sep, default = inner.partition(":-")
+            if not _VAR_NAME.fullmatch(name):
+                self.failed_paths.add(path)
+                self.issue(path, f"invalid variable reference '${{{inner}}}': expected ${{NAME}} or "
+                                 f"${{NAME:-default}}", line)
+                return ""
+            value = self.env.get(name)
+            if sep and not value:
+                value = default
+            elif value is None:
+                self.failed_paths.add(path)
+                self.issue(path, f"environment variable '{name}' is not set (use ${{{name}:-default}} to give "
+                                 f"a default)", line)
+                return ""
+            elif value:
+                self.secrets.append((path, value))
+            out.append(value)
+            i = end + 1
+        return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation and error conversion
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _validate(
+    data: Any,
+    filename: str,
+    lines: dict[tuple, int],
+    issues: list[ConfigIssue],
+    failed_paths: set[tuple],
+    secrets: list[tuple[tuple, str]],
+) -> LoadedConfig:
+    issues = list(issues)
+    config: DeclarativeConfig | None = None
+    if not isinstance(data, dict):
+        issues.append(ConfigIssue((), "the config must be a mapping (with '_format_version', 'services', ...)",
+                                  filename, lines.get(())))
+    else:
+        try:
+            config = DeclarativeConfig.model_validate(data)
+        except ValidationError as e:
+            issues.extend(_convert(e, filename, lines))
+        issues.extend(
+            ConfigIssue(path, message, filename, _line(path, lines)) for path, message in _semantic_issues(data, lines)
+        )
+    if failed_paths:  # a value that could not be interpolated also fails validation: report it once
+        issues = [
+            i for i in issues
+            if not any(i.path[: len(p)] == p for p in failed_paths) or _is_interpolation_issue(i)
+        ]
+    if issues:
+        issues = [_scrub(i, secrets) for i in _dedupe(issues)]
+        issues.sort(key=lambda i: (i.line is None, i.line or 0, format_path(i.path)))
+        raise ConfigError(issues)
+    assert config is not None
+    return LoadedConfig(config=config, source=filename, hash=config_hash(config), lines=lines)
+
+
+def _is_interpolation_issue(issue: ConfigIssue) -> bool:
+    m = issue.message
+    return m.startswith(("environment variable", "unterminated '${'", "invalid variable reference"))
+
+
+def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    return list(dict.fromkeys(issues))
+
+
+def _line(path: tuple, lines: Mapping[tuple, int]) -> int | None:
+    """The line of ``path``, or of its nearest ancestor that has one."""
+    for n in range(len(path), -1, -1):
+        line = lines.get(path[:n])
+        if line is not None:
+            return line
+    return None
+
+
+def _scrub(issue: ConfigIssue, secrets: list[tuple[tuple, str]]) -> ConfigIssue:
+    """Remove interpolated environment values from a message (they may be secrets)."""
+    message = issue.message
+    for path, value in secrets:
+        related = issue.path[: len(path)] == path or path[: len(issue.path)] == issue.path
+        if value in message and (related or len(value) >= 6):
+            message = message.replace(value, "<redacted>")
+    if message == issue.message:
+        return issue
+    return ConfigIssue(issue.path, message, issue.file, issue.line)
+
+
+_CONTAINER_KIND = {"services": "service", "routes": "route", "upstreams": "upstream", "targets": "target"}
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "a boolean (true or false)",
+    "bool_parsing": "a boolean (true or false)",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} (quote it to make it a string)"
+
+
+_INTERNAL_LOC = re.compile(r"\[key\]|[a-z_-]+\[.*\]")
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's internal loc parts: union/validator tags such as 'function-after[...]' and '[key]'."""
+    return tuple(p for p in loc if isinstance(p, int) or not _INTERNAL_LOC.fullmatch(p))
+
+
+def _entity_kind(parent: tuple) -> str | None:
+    if not parent:
+        return "root"
+    if parent == ("gateway",):
+        return "gateway"
+    if len(parent) >= 2 and isinstance(parent[-1], int) and parent[-2] in _CONTAINER_KIND:
+        return _CONTAINER_KIND[parent[-2]]
+    return None
+
+
+def _message(err: dict[str, Any], loc: tuple) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        return f"field '{loc[-1]}' is required" if loc else "required"
+    if kind == "extra_forbidden":
+        return describe_extra_field(_entity_kind(loc[:-1]), str(loc[-1]))
+    if kind in _TYPE_WORDS:
+        return f"expected {_TYPE_WORDS[kind]}, got {_type_name(value)}"
+    if kind == "literal_error":
+        shown = f"'{value}'" if isinstance(value, str) else str(value)
+        return f"invalid value {shown}: expected {ctx.get('expected', 'one of the allowed values')}"
+    if kind == "too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx.get('min_length')} items"
+    if kind == "finite_number":
+        return "must be a finite number"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return str(err["msg"])
+
+
+def _convert(error: ValidationError, filename: str, lines: Mapping[tuple, int]) -> list[ConfigIssue]:
+    out = []
+    for err in error.errors(include_url=False):
+        loc = _clean_loc(tuple(err["loc"]))
+        out.append(ConfigIssue(loc, _message(err, loc), filename, _line(loc, lines)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Cross-entity checks, on the raw data so they run even when some entity failed validation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _items(value: Any) -> list[tuple[int, dict[str, Any]]]:
+    if not isinstance(value, list):
+        return []
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, dict)]
+
+
+def _ref_key(ref: Any) -> str | None:
+    if isinstance(ref, str):
+        return ref
+    if isinstance(ref, dict) and len(ref) == 1:
+        (k, v), = ref.items()
+        if k in ("id", "name") and isinstance(v, str):
+            return v
+    return None
+
+
+def _target_key(target: Any) -> tuple[str, int] | None:
+    if not isinstance(target, str):
+        return None
+    try:
+        kind, host, port = parse_host_port(target)
+    except ValueError:
+        return None
+    return (host.lower() if kind == "name" else host), (TARGET_DEFAULT_PORT if port is None else port)
+
+
+def _semantic_issues(data: dict[str, Any], lines: Mapping[tuple, int]) -> list[tuple[tuple, str]]:
+    issues: list[tuple[tuple, str]] = []
+
+    def where(path: tuple) -> str:
+        line = _line(path, lines)
+        return f"{format_path(path)}" + (f", line {line}" if line is not None else "")
+
+    def unique(value: Any, path: tuple, seen: dict[str, tuple], what: str) -> None:
+        if not isinstance(value, str):
+            return
+        if value in seen:
+            issues.append((path, f"duplicate {what} '{value}' (already used at {where(seen[value])})"))
+        else:
+            seen[value] = path
+
+    services = _items(data.get("services"))
+    service_names: dict[str, tuple] = {}
+    service_ids: dict[str, tuple] = {}
+    for i, s in services:
+        unique(s.get("name"), ("services", i, "name"), service_names, "service name")
+        unique(s.get("id"), ("services", i, "id"), service_ids, "service id")
+
+    route_names: dict[str, tuple] = {}
+    route_ids: dict[str, tuple] = {}
+    all_routes = [(("services", i, "routes", j), r) for i, s in services for j, r in _items(s.get("routes"))]
+    all_routes += [(("routes", i), r) for i, r in _items(data.get("routes"))]
+    for path, r in all_routes:
+        unique(r.get("name"), path + ("name",), route_names, "route name")
+        unique(r.get("id"), path + ("id",), route_ids, "route id")
+    for i, r in _items(data.get("routes")):
+        key = _ref_key(r.get("service"))
+        if key is not None and key not in service_names and key not in service_ids:
+            issues.append((("routes", i, "service"), f"no service with name or id '{key}'"))
+
+    upstreams = _items(data.get("upstreams"))
+    upstream_names: dict[str, tuple] = {}
+    upstream_ids: dict[str, tuple] = {}
+    for i, u in upstreams:
+        unique(u.get("name"), ("upstreams", i, "name"), upstream_names, "upstream name")
+        unique(u.get("id"), ("upstreams", i, "id"), upstream_ids, "upstream id")
+
+    target_ids: dict[str, tuple] = {}
+    per_upstream: dict[int, dict[tuple[str, int], tuple]] = {}
+
+    def add_target(upstream_index: int, path: tuple, t: dict[str, Any]) -> None:
+        unique(t.get("id"), path + ("id",), target_ids, "target id")
+        key = _target_key(t.get("target"))
+        if key is None:
+            return
+        seen = per_upstream.setdefault(upstream_index, {})
+        if key in seen:
+            issues.append((path + ("target",), f"duplicate target '{t['target']}' in this upstream (already "
+                                               f"listed at {where(seen[key])})"))
+        else:
+            seen[key] = path + ("target",)
+
+    for i, u in upstreams:
+        for j, t in _items(u.get("targets")):
+            add_target(i, ("upstreams", i, "targets", j), t)
+    for i, t in _items(data.get("targets")):
+        key = _ref_key(t.get("upstream"))
+        if key is None:
+            continue
+        found = upstream_names.get(key) or upstream_ids.get(key)
+        if found is None:
+            issues.append((("targets", i, "upstream"), f"no upstream with name or id '{key}'"))
+        else:
+            add_target(found[1], ("targets", i), t)
+    return issues

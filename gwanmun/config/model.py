@@ -1,0 +1,1323 @@
+"""The declarative config as pydantic models: Kong 3.x field names and defaults, plus gwanmun's ``gateway:`` block.
+
+Every model is frozen and rejects unknown keys. Validation here is structural and per-entity (types, ranges, Kong's
+name/host/path rules, regexes); the cross-entity checks (references, uniqueness) live in ``gwanmun.config.load``,
+which is also what turns pydantic's errors into ``ConfigIssue``s with file lines. Use ``load_file``/``load_text``
+rather than ``DeclarativeConfig.model_validate`` unless you only need the structure.
+
+Kong fields gwanmun does not implement yet are listed in ``UNSUPPORTED_FIELDS``. Such a field is accepted (and
+dropped) only when it is null, empty or at Kong's default, i.e. when it would have no effect; any other value is
+rejected by name ("field 'snis' is not supported by gwanmun yet") rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+import warnings
+from functools import cached_property, lru_cache
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "ActiveHealthcheck",
+    "ActiveHealthy",
+    "ActiveUnhealthy",
+    "DeclarativeConfig",
+    "GatewayConfig",
+    "HealthchecksConfig",
+    "IGNORED_FIELDS",
+    "KONG_PROTOCOLS",
+    "PassiveHealthcheck",
+    "PassiveHealthy",
+    "PassiveUnhealthy",
+    "RegexError",
+    "RouteConfig",
+    "ServiceConfig",
+    "TARGET_DEFAULT_PORT",
+    "TargetConfig",
+    "UNSUPPORTED_FIELDS",
+    "UpstreamConfig",
+    "compile_header_regex",
+    "compile_path_regex",
+    "describe_extra_field",
+    "parse_host_port",
+    "translate_regex",
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# Constants (from Kong 3.x: kong/constants.lua, kong/db/schema/entities/*.lua, kong/templates/kong_defaults.lua)
+# --------------------------------------------------------------------------------------------------------------
+
+KONG_PROTOCOLS = ("http", "https", "tcp", "tls", "tls_passthrough", "udp", "grpc", "grpcs", "ws", "wss")
+SUPPORTED_SERVICE_PROTOCOLS = ("http",)
+SUPPORTED_ROUTE_PROTOCOLS = ("http", "https")
+HTTPS_REDIRECT_STATUS_CODES = (426, 301, 302, 307, 308)
+KONG_ALGORITHMS = ("round-robin", "consistent-hashing", "least-connections", "latency", "sticky-sessions")
+KONG_HASH_ON = ("none", "consumer", "ip", "header", "cookie", "path", "query_arg", "uri_capture")
+HEALTHCHECK_TYPES = ("tcp", "http", "https", "grpc", "grpcs")
+TARGET_DEFAULT_PORT = 8000  # Kong's targets DAO appends :8000 to a target without a port
+SERVICE_DEFAULT_PORT = 80
+MAX_TIMEOUT_MS = 2**31 - 2
+
+_NONE = object()  # "no inert value besides null/empty" marker in UNSUPPORTED_FIELDS
+
+# Kong fields (and top-level keys) gwanmun does not implement yet, per entity kind, each with the values that are
+# accepted anyway because they have no effect (null and empty collections always are; the tuple lists Kong
+# defaults that decK writes out, such as ``use_srv_name: false``).
+UNSUPPORTED_FIELDS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "root": {
+        name: ()
+        for name in (
+            "_workspace", "_info", "_konnect", "_plugin_configs", "workspaces", "consumers", "consumer_groups",
+            "plugins", "certificates", "ca_certificates", "snis", "vaults", "keys", "key_sets", "filter_chains",
+            "parameters", "partials", "licenses", "acls", "keyauth_credentials", "basicauth_credentials",
+            "hmacauth_credentials", "jwt_secrets", "oauth2_credentials", "mtls_auth_credentials",
+        )
+    },
+    "service": {
+        "client_certificate": (),
+        "tls_verify": (),
+        "tls_verify_depth": (),
+        "ca_certificates": (),
+        "plugins": (),
+        "filter_chains": (),
+    },
+    "route": {
+        "snis": (),
+        "sources": (),
+        "destinations": (),
+        "plugins": (),
+        "filter_chains": (),
+        "expression": (),
+        "priority": (),
+    },
+    "upstream": {
+        "client_certificate": (),
+        "use_srv_name": (False,),
+        "hash_on_header": (),
+        "hash_fallback_header": (),
+        "hash_on_cookie": (),
+        "hash_on_cookie_path": ("/",),
+        "hash_on_query_arg": (),
+        "hash_fallback_query_arg": (),
+        "hash_on_uri_capture": (),
+        "hash_fallback_uri_capture": (),
+        "sticky_sessions_cookie": (),
+        "sticky_sessions_cookie_path": ("/",),
+    },
+    "target": {},
+    "gateway": {
+        # kong.conf settings that have no gwanmun equivalent yet
+        name: ()
+        for name in (
+            "real_ip_header", "real_ip_recursive", "headers", "headers_upstream", "admin_listen", "status_listen",
+            "stream_listen", "ssl_cert", "ssl_cert_key", "ssl_cipher_suite", "ssl_protocols", "client_ssl",
+            "dns_order", "dns_no_sync", "dns_cache_size", "nginx_worker_processes", "error_default_type",
+            "proxy_error_log", "log_level", "lua_max_resp_headers", "lua_max_uri_args", "lua_max_post_args",
+            "router_flavor", "allow_debug_header",
+        )
+    },
+}
+
+# Kong bookkeeping keys accepted on every entity and ignored (``_comment``/``_ignore`` are declarative-format
+# annotations; the timestamps appear in ``kong config db_export`` output).
+IGNORED_FIELDS = ("_comment", "_ignore", "created_at", "updated_at")
+
+# kong.conf names that gwanmun spells differently in ``gateway:``.
+GATEWAY_RENAMED = {
+    "proxy_listen": "listen",
+    "proxy_access_log": "access_log",
+    "lua_max_req_headers": "max_headers",
+    "nginx_http_keepalive_timeout": "keepalive_timeout",
+}
+
+
+def describe_extra_field(kind: str | None, name: str) -> str:
+    """The message for a key that is not a field of entity ``kind`` ('root', 'service', 'route', ...)."""
+    if kind == "gateway" and name in GATEWAY_RENAMED:
+        return f"unknown field '{name}' (gwanmun calls this setting '{GATEWAY_RENAMED[name]}')"
+    if kind is not None and name in UNSUPPORTED_FIELDS.get(kind, {}):
+        return f"field '{name}' is not supported by gwanmun yet"
+    if kind in ("service", "route") and name == "service":
+        return "a route nested under a service must not set 'service'"
+    return f"unknown field '{name}'"
+
+
+def _is_inert(value: Any, defaults: tuple[Any, ...]) -> bool:
+    if value is None or value == [] or value == {}:
+        return True
+    return any(type(value) is type(d) and value == d for d in defaults)
+
+
+def _err(kind: str, message: str, /, **ctx: Any) -> PydanticCustomError:
+    return PydanticCustomError(kind, message, ctx or None)
+
+
+def _unsupported(what: str) -> PydanticCustomError:
+    return _err("unsupported", "{what} is not supported by gwanmun yet", what=what)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scalar types and Kong's value rules
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _between(lo: float, hi: float):
+    def check(v):
+        if not lo <= v <= hi:
+            raise _err("out_of_range", "must be between {lo} and {hi}, got {value}", lo=lo, hi=hi, value=v)
+        return v
+
+    return AfterValidator(check)
+
+
+def _at_least(lo: float):
+    def check(v):
+        if v < lo:
+            raise _err("out_of_range", "must be at least {lo}, got {value}", lo=lo, value=v)
+        return v
+
+    return AfterValidator(check)
+
+
+Str = Annotated[str, Strict()]
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+
+
+def _check_uuid(v: str) -> str:
+    try:
+        uuid.UUID(v)
+    except ValueError:
+        raise _err("uuid", "invalid id '{value}': expected a UUID", value=v) from None
+    if len(v) != 36:
+        raise _err("uuid", "invalid id '{value}': expected a UUID like 123e4567-e89b-12d3-a456-426614174000", value=v)
+    return v
+
+
+def _check_name(v: str) -> str:
+    # Kong's typedefs.utf8_name: ASCII alphanumerics and . - _ ~, plus any non-ASCII character
+    if not v or any(c.isascii() and not (c.isalnum() or c in ".-_~") for c in v):
+        raise _err(
+            "name",
+            "invalid name '{value}': the only accepted ASCII characters are alphanumerics and . - _ ~",
+            value=v,
+        )
+    return v
+
+
+def _check_tag(v: str) -> str:
+    # Kong's typedefs.tag: printable ASCII except ',' and '/', or non-ASCII
+    if not v or any(c.isascii() and (not (" " <= c <= "~") or c in ",/") for c in v):
+        raise _err("tag", "invalid tag '{value}': use printable characters other than ',' and '/'", value=v)
+    return v
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _check_header_name(v: str) -> str:
+    if not _HEADER_NAME.fullmatch(v):
+        raise _err(
+            "header_name",
+            "invalid header name '{value}': allowed characters are A-Z, a-z, 0-9, '_' and '-'",
+            value=v,
+        )
+    return v
+
+
+Id = Annotated[str, Strict(), AfterValidator(_check_uuid)]
+Name = Annotated[str, Strict(), AfterValidator(_check_name)]
+Tag = Annotated[str, Strict(), AfterValidator(_check_tag)]
+HeaderName = Annotated[str, Strict(), AfterValidator(_check_header_name)]
+Port = Annotated[int, Strict(), _between(0, 65535)]
+TimeoutMs = Annotated[int, Strict(), _between(1, MAX_TIMEOUT_MS)]
+
+
+# ---- hosts and addresses (Kong's kong.tools.ip normalize_ip / check_hostname) ---------------------------------
+
+_HOSTNAME_CHARS = re.compile(r"[0-9A-Za-z._-]+")
+_IPV4_PORT = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?::(\d+))?")
+
+
+@lru_cache(maxsize=4096)
+def parse_host_port(address: str) -> tuple[str, str, int | None]:
+    """Kong's ``normalize_ip``: ``(kind, host, port)`` with kind 'ipv4', 'ipv6' or 'name'; port None if absent.
+
+    Accepts ``name``, ``name:port``, ``1.2.3.4``, ``1.2.3.4:port``, ``::1``, ``[::1]`` and ``[::1]:port``. IPv6 hosts
+    are returned without brackets, in compressed form. Raises ``ValueError`` with a short reason.
+    """
+    if address.count(":") > 1:  # IPv6, with or without brackets
+        port: int | None = None
+        host = address
+        if address.startswith("["):
+            end = address.find("]")
+            if end < 0:
+                raise ValueError("invalid IPv6 address")
+            host, rest = address[1:end], address[end + 1 :]
+            if rest:
+                if not rest.startswith(":") or not rest[1:].isdigit():
+                    raise ValueError("invalid IPv6 address")
+                port = int(rest[1:])
+        if "%" in host:
+            raise ValueError("invalid IPv6 address (zone ids are not allowed)")
+        try:
+            ip = ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("invalid IPv6 address") from None
+        if port is not None and port > 65535:
+            raise ValueError("invalid port number")
+        return "ipv6", str(ip), port
+    if re.fullmatch(r"[\d.]+(?::\d*)?", address) and re.fullmatch(r"[\d.]+", address.split(":")[0]):
+        m = _IPV4_PORT.fullmatch(address)
+        if not m or any(int(m.group(i)) > 255 for i in range(1, 5)):
+            raise ValueError("invalid IPv4 address")
+        port = int(m.group(5)) if m.group(5) is not None else None
+        if port is not None and port > 65535:
+            raise ValueError("invalid port number")
+        return "ipv4", ".".join(str(int(m.group(i))) for i in range(1, 5)), port
+    name, port = address, None
+    m = re.search(r":(\d+)$", address)
+    if m:
+        name, port = address[: m.start()], int(m.group(1))
+        if port > 65535:
+            raise ValueError("invalid port number")
+    if not _HOSTNAME_CHARS.fullmatch(name):
+        raise ValueError("invalid hostname")
+    labels = name.split(".")
+    for i, label in enumerate(labels):
+        if label.endswith("-") or (label == "" and i != len(labels) - 1) or name == ".":
+            raise ValueError("invalid hostname")
+    return "name", name, port
+
+
+def _check_host(v: str) -> str:
+    """Kong's typedefs.host: an IP or hostname without a port."""
+    try:
+        _, _, port = parse_host_port(v)
+    except ValueError as e:
+        raise _err("host", "invalid host '{value}': {reason}", value=v, reason=str(e)) from None
+    if port is not None:
+        raise _err("host", "invalid host '{value}': must not have a port (use 'port')", value=v)
+    return v
+
+
+def _check_host_with_optional_port(v: str) -> str:
+    try:
+        parse_host_port(v)
+    except ValueError as e:
+        raise _err("host", "invalid host '{value}': {reason}", value=v, reason=str(e)) from None
+    return v
+
+
+def _check_sni(v: str) -> str:
+    try:
+        kind, _, port = parse_host_port(v)
+    except ValueError as e:
+        raise _err("sni", "invalid SNI '{value}': {reason}", value=v, reason=str(e)) from None
+    if kind != "name":
+        raise _err("sni", "invalid SNI '{value}': must not be an IP address", value=v)
+    if port is not None:
+        raise _err("sni", "invalid SNI '{value}': must not have a port", value=v)
+    return v
+
+
+def _check_upstream_name(v: str) -> str:
+    try:
+        kind, _, port = parse_host_port(v)
+    except ValueError:
+        raise _err("upstream_name", "invalid upstream name '{value}': must be a valid hostname", value=v) from None
+    if kind != "name":
+        raise _err("upstream_name", "invalid upstream name '{value}': no IP addresses allowed", value=v)
+    if port is not None:
+        raise _err("upstream_name", "invalid upstream name '{value}': no port allowed", value=v)
+    return v
+
+
+def _check_route_host(v: str) -> str:
+    """Kong's typedefs.hosts element: at most one '*', as the leftmost or rightmost label; optional port."""
+    v = v.lower()
+    if v.count("*") > 1:
+        raise _err("host", "invalid host '{value}': must have at most one wildcard", value=v)
+    if "*" in v:
+        hostpart = v.rsplit(":", 1)[0] if re.search(r":\d+$", v) else v
+        if not (hostpart.startswith("*.") or hostpart.endswith(".*")):
+            raise _err(
+                "host", "invalid host '{value}': the wildcard must be the leftmost or rightmost label", value=v
+            )
+    try:
+        parse_host_port(v.replace("*", "abc"))
+    except ValueError as e:
+        raise _err("host", "invalid host '{value}': {reason}", value=v, reason=str(e)) from None
+    return v
+
+
+# ---- paths ------------------------------------------------------------------------------------------------------
+
+_PATH_CHARS = re.compile(r"[A-Za-z0-9._~\-/%:@!$&'()*+,;=]*")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]")
+
+
+def _check_percent(v: str, what: str) -> None:
+    m = _BAD_PERCENT.search(v)
+    if m:
+        raise _err(
+            "path", "invalid {what} '{value}': bad percent-encoding at '{bad}'", what=what, value=v,
+            bad=v[m.start() : m.start() + 3],
+        )
+
+
+def _check_service_path(v: str) -> str:
+    """Kong's typedefs.path: starts with '/', no empty segment, RFC 3986 characters, valid percent-encoding."""
+    if not v.startswith("/"):
+        raise _err("path", "invalid path '{value}': must start with '/'", value=v)
+    if "//" in v:
+        raise _err("path", "invalid path '{value}': must not have empty segments ('//')", value=v)
+    if not _PATH_CHARS.fullmatch(v):
+        raise _err("path", "invalid path '{value}': characters outside RFC 3986 found", value=v)
+    _check_percent(v, "path")
+    return v
+
+
+def _normalize_prefix(path: str) -> str:
+    """Kong's ``kong.tools.uri.normalize(path, true)``: decode %-escaped unreserved characters, upper-case the hex
+    of the others, resolve '.' and '..' segments, merge slashes."""
+
+    def fix(m: re.Match[str]) -> str:
+        ch = chr(int(m.group(1), 16))
+        return ch if _UNRESERVED.fullmatch(ch) else "%" + m.group(1).upper()
+
+    path = re.sub(r"%([0-9A-Fa-f]{2})", fix, path)
+    path = re.sub(r"/{2,}", "/", path)
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments[1:], 1):
+        last = i == len(segments) - 1
+        if seg == ".":
+            if last:
+                out.append("")
+        elif seg == "..":
+            if out:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
+
+
+def _check_route_path(v: str) -> str:
+    """Kong's typedefs.router_path: '/prefix' (normalized) or '~/regex' (must compile); no '//'."""
+    if not (v.startswith("/") or v.startswith("~/")):
+        raise _err("path", "invalid path '{value}': should start with '/' (prefix) or '~/' (regex)", value=v)
+    if "//" in v:
+        raise _err("path", "invalid path '{value}': must not have empty segments ('//')", value=v)
+    _check_percent(v, "path")
+    if v.startswith("~"):
+        try:
+            compile_path_regex(v)
+        except RegexError as e:
+            raise _err("regex", "{reason}", reason=str(e)) from None
+        return v
+    normalized = _normalize_prefix(v)
+    if normalized != v:
+        raise _err(
+            "path", "non-normalized path '{value}', use '{normalized}' instead", value=v, normalized=normalized
+        )
+    return v
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Regexes: Kong uses PCRE (and Rust's regex in its expressions router); gwanmun uses Python's re.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class RegexError(ValueError):
+    """A regex from the config does not compile (after PCRE -> Python translation)."""
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_POSIX_CLASSES = {
+    "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z", "lower": "a-z",
+    "space": r"\s", "word": r"\w", "xdigit": "0-9A-Fa-f", "punct": r"!-/:-@\[-`{-~",
+    "blank": r" \t", "cntrl": r"\x00-\x1f\x7f", "print": r" -~", "graph": r"!-~",
+}
+
+
+def translate_regex(pattern: str) -> str:
+    """Translate a PCRE pattern (as written in a Kong config) to Python ``re`` syntax and check that it compiles.
+
+    Rewrites named groups ``(?<name>...)`` and ``(?'name'...)`` to ``(?P<name>...)``, back-references ``\\k<name>``
+    (also ``\\k'name'``, ``\\k{name}``) to ``(?P=name)``, ``\\z`` to ``\\Z`` and POSIX classes such as
+    ``[[:digit:]]``; lookbehinds ``(?<=``/``(?<!`` and everything else are left alone. No anchoring is added (see
+    ``compile_path_regex``). Raises ``RegexError`` naming the pattern when the result does not compile, e.g. for
+    PCRE-only syntax (``\\Q..\\E``, recursion, inline flags in the middle of the pattern).
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1] if i + 1 < n else ""
+            if not in_class and nxt == "k" and i + 2 < n and pattern[i + 2] in "<'{":
+                close = {"<": ">", "'": "'", "{": "}"}[pattern[i + 2]]
+                j = pattern.find(close, i + 3)
+                if j > 0 and _GROUP_NAME.fullmatch(pattern[i + 3 : j]):
+                    out.append(f"(?P={pattern[i + 3 : j]})")
+                    i = j + 1
+                    continue
+            if nxt == "z" and not in_class:
+                out.append(r"\Z")
+            else:
+                out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if pattern.startswith("[:", i):
+                j = pattern.find(":]", i + 2)
+                if j > 0 and pattern[i + 2 : j] in _POSIX_CLASSES:
+                    out.append(_POSIX_CLASSES[pattern[i + 2 : j]])
+                    i = j + 2
+                    continue
+            if c == "]":
+                in_class = False
+            out.append(c)
+            i += 1
+            continue
+        if c == "[":
+            in_class = True
+            out.append(c)
+            i += 1
+            if i < n and pattern[i] == "^":
+                out.append("^")
+                i += 1
+            if i < n and pattern[i] == "]":  # a ']' first in a class is a literal
+                out.append("\\]")
+                i += 1
+            continue
+        if pattern.startswith("(?<", i) and i + 3 < n and pattern[i + 3] not in "=!":
+            out.append("(?P<")
+            i += 3
+            continue
+        if pattern.startswith("(?'", i):
+            j = pattern.find("'", i + 3)
+            if j > 0 and _GROUP_NAME.fullmatch(pattern[i + 3 : j]):
+                out.append(f"(?P<{pattern[i + 3 : j]}>")
+                i = j + 1
+                continue
+        out.append(c)
+        i += 1
+    result = "".join(out)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            re.compile(result)
+    except re.error as e:
+        raise RegexError(f"invalid regex '{pattern}': {e.msg}") from None
+    except (RecursionError, OverflowError):
+        raise RegexError(f"invalid regex '{pattern}': too complex") from None
+    return result
+
+
+_LEADING_FLAGS = re.compile(r"\(\?[aiLmsux]+\)")
+
+
+def compile_path_regex(path: str) -> re.Pattern[str]:
+    """Compile a regex route path (``~/...``) the way gwanmun matches it: anchored at the start of the path.
+
+    The leading ``~`` is stripped, the rest goes through ``translate_regex`` and the whole pattern is anchored at
+    the start (``^(?:...)``; leading inline flags such as ``(?i)`` are kept in front), so ``.match()`` and
+    ``.search()`` behave the same. It is not anchored at the end: ``~/items/\\d+`` matches ``/items/42/details``
+    unless the pattern ends with ``$``. Named groups become ``(?P<name>...)`` groups.
+    """
+    if not path.startswith("~"):
+        raise RegexError(f"'{path}' is not a regex path (regex paths start with '~')")
+    body = translate_regex(path[1:])
+    flags = ""
+    while True:
+        m = _LEADING_FLAGS.match(body)
+        if not m:
+            break
+        flags += m.group(0)
+        body = body[m.end() :]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return re.compile(f"{flags}^(?:{body})")
+
+
+def compile_header_regex(value: str) -> re.Pattern[str]:
+    """Compile a route header value written as ``~*regex``: case-insensitive and unanchored (use ``.search``)."""
+    if not value.startswith("~*"):
+        raise RegexError(f"'{value}' is not a header regex (header regexes start with '~*')")
+    body = translate_regex(value[2:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return re.compile(body, re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Base classes
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _Sentinel:
+    """Marks an input value that a before-validator found misplaced, so the field's own validator reports it at
+    the field's exact location."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _reject_sentinel(v: Any) -> Any:
+    if isinstance(v, _Sentinel):
+        raise _err("misplaced", "{message}", message=v.message)
+    return v
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", serialize_by_alias=True, validate_by_name=False)
+
+
+class _Entity(_Model):
+    """A Kong entity: drops ignored and inert unsupported keys, then lets subclasses reshape the input."""
+
+    _kind: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _before(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unsupported = UNSUPPORTED_FIELDS.get(cls._kind, {})
+        drop = [
+            k
+            for k, v in data.items()
+            if (k in IGNORED_FIELDS and cls._kind != "gateway") or (k in unsupported and _is_inert(v, unsupported[k]))
+        ]
+        if drop:
+            data = {k: v for k, v in data.items() if k not in drop}
+        return cls._prepare(data)
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+
+def _mark_refs(items: Any, key: str, *, must_have: bool, message: str) -> Any:
+    """For a list of entity dicts: put a sentinel in ``key`` where it is missing (must_have) or present (not)."""
+    if not isinstance(items, list):
+        return items
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            present = item.get(key) is not None
+            if present != must_have:
+                item = {**item, key: _Sentinel(message)}
+        out.append(item)
+    return out
+
+
+def _reference(kind: str):
+    """A foreign key as Kong's declarative format writes it: a name or id string, or ``{id: ...}``/``{name: ...}``
+    (decK). Normalized to the string; it is resolved by name first, then by id, as Kong does."""
+
+    def conv(v: Any) -> Any:
+        v = _reject_sentinel(v)
+        if isinstance(v, dict):
+            keys = set(v)
+            if len(keys) == 1 and keys <= {"id", "name"} and isinstance(next(iter(v.values())), str):
+                return next(iter(v.values()))
+            raise _err(
+                "reference", "invalid {kind} reference: expected a {kind} name or id, or a mapping with only "
+                "'id' or 'name'", kind=kind,
+            )
+        return v
+
+    return conv
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Routes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_route_protocol(v: str) -> str:
+    if v in SUPPORTED_ROUTE_PROTOCOLS:
+        return v
+    if v in KONG_PROTOCOLS:
+        raise _unsupported(f"protocol '{v}'")
+    raise _err("enum", "invalid protocol '{value}': expected 'http' or 'https'", value=v)
+
+
+def _check_method(v: str) -> str:
+    up = v.upper()
+    if not re.fullmatch(r"[A-Z]+", up):
+        raise _err("method", "invalid method '{value}': must contain only letters", value=v)
+    return up
+
+
+def _check_redirect_code(v: int) -> int:
+    if v not in HTTPS_REDIRECT_STATUS_CODES:
+        raise _err("enum", "invalid value {value}: expected one of 426, 301, 302, 307, 308", value=v)
+    return v
+
+
+def _check_header_values(v: list[str]) -> list[str]:
+    if not v:
+        raise _err("header_values", "must list at least one value")
+    for value in v:
+        if value.startswith("~*"):
+            try:
+                compile_header_regex(value)
+            except RegexError as e:
+                raise _err("regex", "{reason}", reason=str(e)) from None
+    return v
+
+
+def _dedupe(v: list[Any]) -> list[Any]:
+    return list(dict.fromkeys(v))
+
+
+RouteProtocol = Annotated[str, Strict(), AfterValidator(_check_route_protocol)]
+Method = Annotated[str, Strict(), AfterValidator(_check_method)]
+RouteHost = Annotated[str, Strict(), AfterValidator(_check_route_host)]
+RoutePath = Annotated[str, Strict(), AfterValidator(_check_route_path)]
+RouteHeaderName = Annotated[str, Strict(), AfterValidator(_check_header_name)]
+
+
+class RouteConfig(_Entity):
+    """A Kong route. Matching fields: ``methods``, ``hosts``, ``paths``, ``headers`` (at least one is required).
+
+    ``hosts`` are lower-cased and ``methods`` upper-cased; header names are lower-cased. ``service`` is set only
+    on top-level routes (a name or id, see ``DeclarativeConfig.get_service``).
+    """
+
+    _kind: ClassVar[str] = "route"
+
+    id: Id | None = None
+    name: Name | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    protocols: Annotated[list[RouteProtocol], AfterValidator(_dedupe)] = Field(
+        default_factory=lambda: ["http", "https"], min_length=1
+    )
+    methods: Annotated[list[Method], AfterValidator(_dedupe)] = Field(default_factory=list)
+    hosts: list[RouteHost] = Field(default_factory=list)
+    paths: list[RoutePath] = Field(default_factory=list)
+    headers: dict[RouteHeaderName, Annotated[list[Str], AfterValidator(_check_header_values)]] = Field(
+        default_factory=dict
+    )
+    https_redirect_status_code: Annotated[int, Strict(), AfterValidator(_check_redirect_code)] = 426
+    regex_priority: Int = 0
+    strip_path: Bool = True
+    path_handling: Literal["v0", "v1"] = "v0"
+    preserve_host: Bool = False
+    request_buffering: Bool = True
+    response_buffering: Bool = True
+    service: Str | None = None
+
+    @field_validator("tags", "protocols", "methods", "hosts", "paths", mode="before")
+    @classmethod
+    def _nullable_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers_before(cls, v: Any) -> Any:
+        if v is None:
+            return {}
+        if isinstance(v, dict):
+            seen: dict[str, str] = {}
+            for key in v:
+                if not isinstance(key, str):
+                    continue
+                low = key.lower()
+                if low == "host":
+                    raise _err(
+                        "header_name",
+                        "cannot contain 'host' header, which must be specified in the 'hosts' attribute",
+                    )
+                if low in seen:
+                    raise _err(
+                        "header_name", "header '{a}' is listed twice (as '{b}'); header names are case-insensitive",
+                        a=key, b=seen[low],
+                    )
+                seen[low] = key
+        return v
+
+    @field_validator("headers", mode="after")
+    @classmethod
+    def _headers_lower(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {k.lower(): vals for k, vals in v.items()}
+
+    @field_validator("service", mode="before")
+    @classmethod
+    def _service_ref(cls, v: Any) -> Any:
+        return _reference("service")(v)
+
+    @model_validator(mode="after")
+    def _has_matcher(self) -> RouteConfig:
+        if not (self.methods or self.hosts or self.paths or self.headers):
+            raise _err(
+                "no_matcher",
+                "route has nothing to match on: set at least one of 'methods', 'hosts', 'headers' or 'paths'",
+            )
+        return self
+
+    @property
+    def regex_paths(self) -> list[str]:
+        return [p for p in self.paths if p.startswith("~")]
+
+    @property
+    def prefix_paths(self) -> list[str]:
+        return [p for p in self.paths if not p.startswith("~")]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Services
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_service_protocol(v: str) -> str:
+    if v in SUPPORTED_SERVICE_PROTOCOLS:
+        return v
+    if v in KONG_PROTOCOLS:
+        raise _unsupported(f"protocol '{v}'")
+    raise _err("enum", "invalid protocol '{value}': expected one of {expected}", value=v,
+               expected=", ".join(KONG_PROTOCOLS))
+
+
+def _parse_service_url(url: str) -> dict[str, Any]:
+    """Kong's ``url`` shorthand -> protocol/host/port/path. Raises PydanticCustomError."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise _err("url", "invalid url '{value}': {reason}", value=url, reason=str(e)) from None
+    if not parts.scheme or not parts.netloc:
+        raise _err("url", "invalid url '{value}': expected scheme://host[:port][/path]", value=url)
+    scheme = parts.scheme.lower()
+    if scheme not in SUPPORTED_SERVICE_PROTOCOLS:
+        if scheme in KONG_PROTOCOLS:
+            raise _unsupported(f"protocol '{scheme}' (from 'url')")
+        raise _err("url", "invalid url '{value}': unknown scheme '{scheme}'", value=url, scheme=scheme)
+    if parts.username is not None or parts.password is not None:
+        raise _err("url", "invalid url: credentials in the url are not supported")
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
+        raise _err("url", "invalid url '{value}': must not have a query string or fragment", value=url)
+    host = parts.hostname or ""
+    if parts.netloc.startswith("["):
+        host = parts.netloc[1 : parts.netloc.index("]")]
+    else:
+        host = parts.netloc.rsplit(":", 1)[0] if port is not None or parts.netloc.endswith(":") else parts.netloc
+    if not host:
+        raise _err("url", "invalid url '{value}': missing host", value=url)
+    return {
+        "protocol": scheme,
+        "host": host,
+        "port": port if port is not None else SERVICE_DEFAULT_PORT,
+        "path": parts.path or None,
+    }
+
+
+ServiceProtocol = Annotated[str, Strict(), AfterValidator(_check_service_protocol)]
+ServiceHost = Annotated[str, Strict(), AfterValidator(_check_host)]
+ServicePath = Annotated[str, Strict(), AfterValidator(_check_service_path)]
+
+_URL_PARTS = ("protocol", "host", "port", "path")
+
+
+class ServiceConfig(_Entity):
+    """A Kong service: where matched requests go.
+
+    ``url`` is Kong's shorthand for protocol/host/port/path; after validation those four fields are always set
+    from it (``path`` is None when there is none) and ``url`` itself is not serialized, so consumers never parse
+    it. A ``host`` equal to an upstream's ``name`` means "balance over that upstream's targets".
+    """
+
+    _kind: ClassVar[str] = "service"
+
+    id: Id | None = None
+    name: Name | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    url: Str | None = Field(default=None, exclude=True)
+    protocol: ServiceProtocol = "http"
+    host: ServiceHost | None = None  # never None after validation
+    port: Port = SERVICE_DEFAULT_PORT
+    path: ServicePath | None = None
+    retries: Annotated[int, Strict(), _between(0, 32767)] = 5
+    connect_timeout: TimeoutMs = 60000
+    write_timeout: TimeoutMs = 60000
+    read_timeout: TimeoutMs = 60000
+    enabled: Bool = True
+    routes: list[RouteConfig] = Field(default_factory=list)
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        url = data.get("url")
+        if isinstance(url, str):
+            conflicts = [k for k in _URL_PARTS if k in data]
+            if conflicts:
+                listed = ", ".join(f"'{k}'" for k in conflicts)
+                data = {**data, "url": _Sentinel(f"'url' cannot be combined with {listed}: use one or the other")}
+            else:
+                try:
+                    data = {**data, **_parse_service_url(url)}
+                except PydanticCustomError:
+                    pass  # reported by the url field validator, at 'url'
+        if "routes" in data:
+            data = {
+                **data,
+                "routes": _mark_refs(
+                    data["routes"], "service", must_have=False,
+                    message="a route nested under a service must not set 'service'",
+                ),
+            }
+        return data
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _check_url(cls, v: Any) -> Any:
+        v = _reject_sentinel(v)
+        if isinstance(v, str):
+            _parse_service_url(v)
+        return v
+
+    @field_validator("tags", "routes", mode="before")
+    @classmethod
+    def _nullable_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @model_validator(mode="after")
+    def _require_host(self) -> ServiceConfig:
+        if self.host is None:
+            raise _err("missing", "field 'host' is required (set 'host' or 'url')")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Upstreams, health checks, targets
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _zero_only(what: str):
+    def check(v):
+        if v != 0:
+            raise _err(
+                "unsupported",
+                "health checks are not supported by gwanmun yet: {what} must be 0 (Kong's default, which disables "
+                "them), got {value}",
+                what=what, value=v,
+            )
+        return v
+
+    return AfterValidator(check)
+
+
+def _check_hc_type(v: str) -> str:
+    if v not in HEALTHCHECK_TYPES:
+        raise _err("enum", "invalid type '{value}': expected one of {expected}", value=v,
+                   expected=", ".join(HEALTHCHECK_TYPES))
+    return v
+
+
+Seconds = Annotated[float, Strict(), AllowInfNan(False), _between(0, 65535)]
+HcCount = Annotated[int, Strict(), _between(0, 255)]
+HttpStatuses = list[Annotated[int, Strict(), _between(100, 999)]]
+HcType = Annotated[str, Strict(), AfterValidator(_check_hc_type)]
+
+
+class ActiveHealthy(_Model):
+    interval: Annotated[Seconds, _zero_only("'interval'")] = 0
+    http_statuses: HttpStatuses = Field(default_factory=lambda: [200, 302])
+    successes: Annotated[HcCount, _zero_only("'successes'")] = 0
+
+
+class ActiveUnhealthy(_Model):
+    interval: Annotated[Seconds, _zero_only("'interval'")] = 0
+    http_statuses: HttpStatuses = Field(default_factory=lambda: [429, 404, 500, 501, 502, 503, 504, 505])
+    tcp_failures: Annotated[HcCount, _zero_only("'tcp_failures'")] = 0
+    timeouts: Annotated[HcCount, _zero_only("'timeouts'")] = 0
+    http_failures: Annotated[HcCount, _zero_only("'http_failures'")] = 0
+
+
+class ActiveHealthcheck(_Model):
+    type: HcType = "http"
+    timeout: Seconds = 1
+    concurrency: Annotated[int, Strict(), _between(1, 2**31)] = 10
+    http_path: ServicePath = "/"
+    https_sni: Annotated[str, Strict(), AfterValidator(_check_sni)] | None = None
+    https_verify_certificate: Bool = True
+    headers: dict[Annotated[str, Strict(), AfterValidator(_check_header_name)], list[Str]] | None = None
+    healthy: ActiveHealthy = Field(default_factory=ActiveHealthy)
+    unhealthy: ActiveUnhealthy = Field(default_factory=ActiveUnhealthy)
+
+
+class PassiveHealthy(_Model):
+    http_statuses: HttpStatuses = Field(
+        default_factory=lambda: [200, 201, 202, 203, 204, 205, 206, 207, 208, 226,
+                                 300, 301, 302, 303, 304, 305, 306, 307, 308]
+    )
+    successes: Annotated[HcCount, _zero_only("'successes'")] = 0
+
+
+class PassiveUnhealthy(_Model):
+    http_statuses: HttpStatuses = Field(default_factory=lambda: [429, 500, 503])
+    tcp_failures: Annotated[HcCount, _zero_only("'tcp_failures'")] = 0
+    timeouts: Annotated[HcCount, _zero_only("'timeouts'")] = 0
+    http_failures: Annotated[HcCount, _zero_only("'http_failures'")] = 0
+
+
+class PassiveHealthcheck(_Model):
+    type: HcType = "http"
+    healthy: PassiveHealthy = Field(default_factory=PassiveHealthy)
+    unhealthy: PassiveUnhealthy = Field(default_factory=PassiveUnhealthy)
+
+
+class HealthchecksConfig(_Model):
+    """Kong's upstream ``healthchecks`` record with Kong's defaults. Accepted only with every check disabled."""
+
+    active: ActiveHealthcheck = Field(default_factory=ActiveHealthcheck)
+    passive: PassiveHealthcheck = Field(default_factory=PassiveHealthcheck)
+    threshold: Annotated[float, Strict(), AllowInfNan(False), _between(0, 100), _zero_only("'threshold'")] = 0
+
+
+def _check_target(v: str) -> str:
+    try:
+        parse_host_port(v)
+    except ValueError:
+        raise _err("target", "invalid target '{value}': not a valid hostname or IP address", value=v) from None
+    return v
+
+
+class TargetConfig(_Entity):
+    """A Kong target: one address of an upstream. ``host``/``port`` give the parsed address (port 8000 when the
+    target has none, as in Kong; IPv6 without brackets). ``weight`` 0 disables the target."""
+
+    _kind: ClassVar[str] = "target"
+
+    id: Id | None = None
+    target: Annotated[str, Strict(), AfterValidator(_check_target)]
+    weight: Annotated[int, Strict(), _between(0, 65535)] = 100
+    tags: list[Tag] = Field(default_factory=list)
+    upstream: Str | None = None  # only on top-level targets
+
+    @field_validator("upstream", mode="before")
+    @classmethod
+    def _upstream_ref(cls, v: Any) -> Any:
+        return _reference("upstream")(v)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _nullable_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @property
+    def host(self) -> str:
+        return parse_host_port(self.target)[1]
+
+    @property
+    def port(self) -> int:
+        port = parse_host_port(self.target)[2]
+        return TARGET_DEFAULT_PORT if port is None else port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+
+def _check_algorithm(v: str) -> str:
+    if v == "round-robin":
+        return v
+    if v in KONG_ALGORITHMS:
+        raise _unsupported(f"algorithm '{v}'")
+    raise _err("enum", "invalid algorithm '{value}': expected one of {expected}", value=v,
+               expected=", ".join(KONG_ALGORITHMS))
+
+
+def _check_hash_on(v: str) -> str:
+    if v == "none":
+        return v
+    if v in KONG_HASH_ON:
+        raise _unsupported(f"hashing on '{v}'")
+    raise _err("enum", "invalid value '{value}': expected one of {expected}", value=v, expected=", ".join(KONG_HASH_ON))
+
+
+HashOn = Annotated[str, Strict(), AfterValidator(_check_hash_on)]
+
+
+class UpstreamConfig(_Entity):
+    """A Kong upstream: a named, load-balanced set of targets. A service uses it by setting ``host`` to its name."""
+
+    _kind: ClassVar[str] = "upstream"
+
+    id: Id | None = None
+    name: Annotated[str, Strict(), AfterValidator(_check_upstream_name)]
+    tags: list[Tag] = Field(default_factory=list)
+    algorithm: Annotated[str, Strict(), AfterValidator(_check_algorithm)] = "round-robin"
+    slots: Annotated[int, Strict(), _between(10, 2**16)] = 10000
+    hash_on: HashOn = "none"
+    hash_fallback: HashOn = "none"
+    host_header: Annotated[str, Strict(), AfterValidator(_check_host_with_optional_port)] | None = None
+    healthchecks: HealthchecksConfig = Field(default_factory=HealthchecksConfig)
+    targets: list[TargetConfig] = Field(default_factory=list)
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("healthchecks", 0) is None:
+            data = {k: v for k, v in data.items() if k != "healthchecks"}
+        if "targets" in data:
+            data = {
+                **data,
+                "targets": _mark_refs(
+                    data["targets"], "upstream", must_have=False,
+                    message="a target nested under an upstream must not set 'upstream'",
+                ),
+            }
+        return data
+
+    @field_validator("tags", "targets", mode="before")
+    @classmethod
+    def _nullable_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+
+# --------------------------------------------------------------------------------------------------------------
+# gateway: (gwanmun's own server settings; Kong keeps these in kong.conf)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _ListenFlags(Exception):
+    pass
+
+
+def _parse_listen(v: str) -> tuple[str, int]:
+    if not v or v != v.strip():
+        raise ValueError("expected host:port")
+    if " " in v or "\t" in v:
+        raise _ListenFlags(v.split(None, 1)[1])
+    if v.startswith("["):
+        end = v.find("]")
+        if end < 0 or not v[end + 1 :].startswith(":"):
+            raise ValueError("expected [ipv6]:port")
+        host, port_s = v[1:end], v[end + 2 :]
+        ipaddress.IPv6Address(host)
+    else:
+        if v.count(":") != 1:
+            raise ValueError("expected host:port (write IPv6 addresses as [::]:8000)")
+        host, port_s = v.split(":")
+        if host not in ("", "*"):
+            parse_host_port(host)
+    if not port_s.isdigit() or int(port_s) > 65535:
+        raise ValueError("invalid port")
+    return (host if host not in ("", "*") else "0.0.0.0"), int(port_s)
+
+
+def _check_listen(v: str) -> str:
+    try:
+        _parse_listen(v)
+    except _ListenFlags as e:
+        raise _err("unsupported", "listen flags ('{flags}') are not supported by gwanmun yet", flags=str(e)) from None
+    except ValueError as e:
+        raise _err("listen", "invalid listen address '{value}': {reason}", value=v, reason=str(e)) from None
+    return v
+
+
+def _check_ip_or_cidr(v: str) -> str:
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise _err("ip", "invalid IP address or CIDR range '{value}'", value=v) from None
+    return v
+
+
+def _check_nameserver(v: str) -> str:
+    try:
+        kind, _, _ = parse_host_port(v)
+    except ValueError:
+        kind = "bad"
+    if kind not in ("ipv4", "ipv6"):
+        raise _err("nameserver", "invalid DNS resolver '{value}': expected ip, ip:port or [ipv6]:port", value=v)
+    return v
+
+
+def _check_access_log(v: str) -> str:
+    if not v.strip():
+        raise _err("access_log", "must be 'stdout', 'stderr', 'off' or a file path")
+    return v
+
+
+PositiveInt = Annotated[int, Strict(), _between(1, 2**31 - 1)]
+NonNegativeSeconds = Annotated[float, Strict(), AllowInfNan(False), _at_least(0)]
+
+
+class GatewayConfig(_Entity):
+    """gwanmun's server settings (``gateway:``). Names follow kong.conf where an equivalent exists."""
+
+    _kind: ClassVar[str] = "gateway"
+
+    listen: list[Annotated[str, Strict(), AfterValidator(_check_listen)]] = Field(
+        default_factory=lambda: ["0.0.0.0:8000"], min_length=1
+    )
+    trusted_ips: list[Annotated[str, Strict(), AfterValidator(_check_ip_or_cidr)]] = Field(default_factory=list)
+    access_log: Annotated[str, Strict(), AfterValidator(_check_access_log)] = "stdout"
+    request_id_header: HeaderName = "X-Request-ID"
+    via_header: Bool = True
+    max_request_line: PositiveInt = 8192
+    max_header_size: PositiveInt = 61440
+    max_headers: PositiveInt = 100
+    keepalive_timeout: NonNegativeSeconds = 75.0
+    upstream_keepalive_pool_size: Annotated[int, Strict(), _between(0, 2**31 - 1)] = 512
+    upstream_keepalive_max_requests: Annotated[int, Strict(), _between(0, 2**31 - 1)] = 10000
+    upstream_keepalive_idle_timeout: NonNegativeSeconds = 60.0
+    dns_hostsfile: Str = "/etc/hosts"
+    dns_resolver: list[Annotated[str, Strict(), AfterValidator(_check_nameserver)]] = Field(default_factory=list)
+    dns_stale_ttl: NonNegativeSeconds = 3600.0
+    dns_not_found_ttl: NonNegativeSeconds = 30.0
+    dns_error_ttl: NonNegativeSeconds = 1.0
+    dns_valid_ttl: NonNegativeSeconds | None = None
+
+    @field_validator("trusted_ips", "dns_resolver", mode="before")
+    @classmethod
+    def _nullable_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @model_validator(mode="after")
+    def _head_limits(self) -> GatewayConfig:
+        if self.max_header_size < self.max_request_line:
+            raise _err(
+                "limits",
+                "max_header_size ({size}) must be at least max_request_line ({line}): it bounds the whole "
+                "request head, request line included",
+                size=self.max_header_size, line=self.max_request_line,
+            )
+        return self
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        """``listen`` parsed into (host, port); '*' and an empty host mean 0.0.0.0; IPv6 without brackets."""
+        return [_parse_listen(v) for v in self.listen]
+
+    def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(v, strict=False) for v in self.trusted_ips]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The whole file
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_format_version(v: str) -> str:
+    if re.fullmatch(r"3\.\d+", v):
+        return v
+    if v in ("1.1", "2.1"):
+        raise _err(
+            "format_version",
+            "format version '{value}' is not supported: gwanmun reads Kong 3.x files ('3.0'); upgrade the file "
+            "with 'deck file convert --from kong-gateway-2.x --to kong-gateway-3.x'",
+            value=v,
+        )
+    raise _err("format_version", "invalid format version '{value}': expected '3.0'", value=v)
+
+
+class DeclarativeConfig(_Entity):
+    """A whole declarative config file (Kong 3.x format plus ``gateway:``)."""
+
+    _kind: ClassVar[str] = "root"
+
+    format_version: Annotated[str, Strict(), AfterValidator(_check_format_version)] = Field(alias="_format_version")
+    transform: Bool = Field(default=True, alias="_transform")
+    services: list[ServiceConfig] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    upstreams: list[UpstreamConfig] = Field(default_factory=list)
+    targets: list[TargetConfig] = Field(default_factory=list)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data = dict(data)
+        fv = data.get("_format_version")
+        if isinstance(fv, float) and not isinstance(fv, bool):  # `_format_version: 3.0` unquoted
+            data["_format_version"] = repr(fv)
+        if data.get("gateway", 0) is None:
+            del data["gateway"]
+        for key in ("services", "routes", "upstreams", "targets"):
+            if key in data and data[key] is None:
+                data[key] = []
+        if "routes" in data:
+            data["routes"] = _mark_refs(
+                data["routes"], "service", must_have=True,
+                message="field 'service' is required for a top-level route (or nest the route under its service)",
+            )
+        if "targets" in data:
+            data["targets"] = _mark_refs(
+                data["targets"], "upstream", must_have=True,
+                message="field 'upstream' is required for a top-level target (or nest it under its upstream)",
+            )
+        return data
+
+    # ---- lookups (names first, then ids, as Kong resolves references) ------------------------------------------
+
+    @cached_property
+    def _services_by_key(self) -> dict[str, ServiceConfig]:
+        out: dict[str, ServiceConfig] = {}
+        for s in self.services:
+            if s.id is not None:
+                out.setdefault(s.id, s)
+        for s in self.services:
+            if s.name is not None:
+                out[s.name] = s
+        return out
+
+    @cached_property
+    def _upstreams_by_key(self) -> dict[str, UpstreamConfig]:
+        out: dict[str, UpstreamConfig] = {}
+        for u in self.upstreams:
+            if u.id is not None:
+                out.setdefault(u.id, u)
+        for u in self.upstreams:
+            out[u.name] = u
+        return out
+
+    def get_service(self, ref: str) -> ServiceConfig | None:
+        """The service with this name, else with this id, else None."""
+        return self._services_by_key.get(ref)
+
+    def get_upstream(self, ref: str) -> UpstreamConfig | None:
+        """The upstream with this name, else with this id, else None."""
+        return self._upstreams_by_key.get(ref)
+
+    def upstream_for(self, service: ServiceConfig) -> UpstreamConfig | None:
+        """The upstream a service balances over (its ``host`` is the upstream's name), or None for a plain host."""
+        for u in self.upstreams:
+            if u.name == service.host:
+                return u
+        return None
+
+    def targets_for(self, upstream: UpstreamConfig) -> list[TargetConfig]:
+        """The upstream's nested targets followed by the top-level targets that reference it."""
+        out = list(upstream.targets)
+        for t in self.targets:
+            if t.upstream is not None and self.get_upstream(t.upstream) is upstream:
+                out.append(t)
+        return out
+
+    def all_routes(self) -> list[tuple[RouteConfig, ServiceConfig]]:
+        """Every route with its service: routes nested in services (in file order), then top-level routes.
+
+        Raises ``LookupError`` for a top-level route whose service does not exist (``load_*`` rejects those).
+        """
+        out = [(r, s) for s in self.services for r in s.routes]
+        for r in self.routes:
+            s = self.get_service(r.service) if r.service is not None else None
+            if s is None:
+                raise LookupError(f"route {r.name or r.id or '?'}: no service {r.service!r}")
+            out.append((r, s))
+        return out
