@@ -363,6 +363,7 @@ class Bench:
         self.wrk = shutil.which("wrk")
         self.taskset = shutil.which("taskset")
         self.warnings: list[str] = []
+        self._cleaned = False
 
     # -- helpers -----------------------------------------------------------
     def pinned(self, cpu: int, argv: list[str]) -> list[str]:
@@ -644,6 +645,9 @@ class Bench:
 
     def cleanup(self) -> None:
         self.children.stop_all()
+        if self._cleaned:
+            return
+        self._cleaned = True
         if self.args.keep_tmp:
             log(f"kept work dir {self.tmp}")
         else:
@@ -659,6 +663,7 @@ def med(xs):
 
 
 def summarise(results: list[Measurement]) -> dict:
+    """Median per (body, target) over rounds."""
     groups: dict[tuple[str, str], list[Measurement]] = {}
     for m in results:
         groups.setdefault((m.body, m.target), []).append(m)
@@ -671,6 +676,8 @@ def summarise(results: list[Measurement]) -> dict:
             "p50_ms": med([m.p50_ms for m in ms]), "p99_ms": med([m.p99_ms for m in ms]),
             "proxy_cpu_pct": med(cpu) if cpu else None,
             "load_cpu_pct": med([m.load_cpu_pct for m in ms]),
+            "other_cpu_pct": med([m.foreign_cpu_pct for m in ms]),
+            "other_cpu_pct_max": max(m.foreign_cpu_pct for m in ms),
             "rounds": len(ms),
             "invalid": sorted({r for m in ms for r in m.invalid_reasons}),
         }
@@ -708,8 +715,8 @@ def markdown(summ: dict, meta: dict, nroutes: int) -> str:
         f"(median), warm-up {a['warmup']} s; {meta['pinning']}; {meta['cpu_model']}; "
         f"{meta['nginx_version']}, {meta['wrk_version']}, Python {meta['python']}.")
     out.append("")
-    out.append("| body | target | req/s (median) | min-max | p50 | p99 | proxy CPU | vs nginx | vs direct |")
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| body | target | req/s (median) | min-max | p50 | p99 | proxy CPU | noise | vs nginx | vs direct |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for body in ("small", "large"):
         if body not in summ:
             continue
@@ -723,7 +730,7 @@ def markdown(summ: dict, meta: dict, nroutes: int) -> str:
             bad = " **INVALID**" if s["invalid"] else ""
             out.append(
                 f"| {BODIES[body][2]} | {t}{bad} | {s['rps']:,.0f} | {s['rps_min']:,.0f}-{s['rps_max']:,.0f} | "
-                f"{fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {cpu} | "
+                f"{fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {cpu} | {s['other_cpu_pct']:.0f}% | "
                 f"{f'{vn:.2f}' if vn is not None else '-'} | {f'{vd:.2f}' if vd is not None else '-'} |")
     out.append("")
     lines = []
@@ -749,17 +756,20 @@ def markdown(summ: dict, meta: dict, nroutes: int) -> str:
         ok = "PASS" if cost <= ROUTE_COST_BAR else "FAIL"
         out.append(f"Route scale (gwanmun, 12 B body, benchmarked route `{BENCH_ROUTE_PREFIX}` defined last):")
         out.append("")
-        out.append("| routes | req/s (median) | min-max | p50 | p99 | proxy CPU |")
-        out.append("|---:|---:|---:|---:|---:|---:|")
+        out.append("| routes | req/s (median) | min-max | p50 | p99 | proxy CPU | noise |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|")
         for n, s in ((10, s10), (nroutes, sN)):
             bad = " **INVALID**" if s["invalid"] else ""
             cpu = f"{s['proxy_cpu_pct']:.0f}%" if s["proxy_cpu_pct"] is not None else "-"
             out.append(f"| {n:,}{bad} | {s['rps']:,.0f} | {s['rps_min']:,.0f}-{s['rps_max']:,.0f} | "
-                       f"{fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {cpu} |")
+                       f"{fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {cpu} | {s['other_cpu_pct']:.0f}% |")
         out.append("")
         lines.append(f"- {nroutes:,} routes / 10 routes: **{r:.2f}** (costs {cost * 100:.1f}%) "
                      f"{ok} (bar: at most {ROUTE_COST_BAR * 100:.0f}%)")
     out.extend(lines)
+    out.append("")
+    out.append("_proxy CPU: CPU used by the proxy process tree (100% = its whole core). noise: CPU used by "
+               "processes outside the benchmark on the cores this target uses (median over rounds)._")
     return "\n".join(out) + "\n"
 
 
@@ -871,6 +881,7 @@ def main(argv=None) -> int:
         elapsed = time.monotonic() - t0
     except SetupError as e:
         log(f"\nERROR: {e}")
+        args.keep_tmp = True  # keep configs and logs for a look
         return 1
     except KeyboardInterrupt:
         log("\ninterrupted; stopping children")
@@ -887,9 +898,10 @@ def main(argv=None) -> int:
     notes = []
     for body in summ:
         for t, s in summ[body].items():
-            if t != "direct" and s["proxy_cpu_pct"] is not None and s["proxy_cpu_pct"] < 85:
-                notes.append(f"{t}/{body}: proxy CPU only {s['proxy_cpu_pct']:.0f}% - it was not the "
-                             f"bottleneck (load side at {s['load_cpu_pct']:.0f}%), its req/s is a lower bound")
+            if (t != "direct" and s["proxy_cpu_pct"] is not None and s["proxy_cpu_pct"] < 85
+                    and s["other_cpu_pct"] < args.max_noise):
+                notes.append(f"{t}/{body}: proxy CPU only {s['proxy_cpu_pct']:.0f}% (load side "
+                             f"{s['load_cpu_pct']:.0f}%): the proxy was not the bottleneck, its req/s is a lower bound")
     for n in notes + bench.warnings:
         md += f"\n> note: {n}"
     if notes or bench.warnings:
