@@ -112,8 +112,9 @@ class _Reader:
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             problem = e.problem or "invalid YAML"
-            if e.context and e.context_mark is not None and e.problem_mark is not None:
-                problem = f"{problem} ({e.context} at line {e.context_mark.line + 1})"
+            if e.context:
+                where = f" (line {e.context_mark.line + 1})" if e.context_mark is not None else ""
+                problem = f"{e.context}{where}, {problem}"
             line = mark.line + 1 if mark is not None else None
             raise ConfigError([ConfigIssue((), f"YAML syntax error: {problem}", self.filename, line)]) from None
         except yaml.YAMLError as e:

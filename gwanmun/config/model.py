@@ -848,7 +848,7 @@ class ServiceConfig(_Entity):
     id: Id | None = None
     name: Name | None = None
     tags: list[Tag] = Field(default_factory=list)
-    url: Str | None = Field(default=None, exclude=True)
+    url: Str | None = Field(default=None, exclude=True)  # input only: always None after validation
     protocol: ServiceProtocol = "http"
     host: ServiceHost | None = None  # never None after validation
     port: Port = SERVICE_DEFAULT_PORT
@@ -863,6 +863,8 @@ class ServiceConfig(_Entity):
     @classmethod
     def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
         url = data.get("url")
+        if url is None and data.get("host") is None:
+            data = {**data, "host": _Sentinel("field 'host' is required (set 'host' or 'url')")}
         if isinstance(url, str):
             conflicts = [k for k in _URL_PARTS if k in data]
             if conflicts:
@@ -870,9 +872,11 @@ class ServiceConfig(_Entity):
                 data = {**data, "url": _Sentinel(f"'url' cannot be combined with {listed}: use one or the other")}
             else:
                 try:
-                    data = {**data, **_parse_service_url(url)}
+                    parsed = _parse_service_url(url)
                 except PydanticCustomError:
                     pass  # reported by the url field validator, at 'url'
+                else:
+                    data = {**{k: v for k, v in data.items() if k != "url"}, **parsed}
         if "routes" in data:
             data = {
                 **data,
@@ -882,6 +886,11 @@ class ServiceConfig(_Entity):
                 ),
             }
         return data
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _host_present(cls, v: Any) -> Any:
+        return _reject_sentinel(v)
 
     @field_validator("url", mode="before")
     @classmethod
@@ -899,7 +908,7 @@ class ServiceConfig(_Entity):
     @model_validator(mode="after")
     def _require_host(self) -> ServiceConfig:
         if self.host is None:
-            raise _err("missing", "field 'host' is required (set 'host' or 'url')")
+            raise _err("host_required", "field 'host' is required (set 'host' or 'url')")
         return self
 
 
