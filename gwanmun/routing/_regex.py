@@ -140,12 +140,34 @@ def translate_regex(pattern: str) -> str:
 _META = frozenset(".^$*+?()[]{}|\\")
 
 
+def _has_top_level_alternation(p: str) -> bool:
+    depth = 0
+    i = 0
+    n = len(p)
+    while i < n:
+        c = p[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            i = _class_end(p, i)
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth <= 0:
+            return True
+        i += 1
+    return False
+
+
 def literal_prefix(pattern: str) -> str:
     """A string every path matched by ``^`` + ``pattern`` starts with ("" when unsure).
 
     Used only to index regex routes; an empty answer is always safe.
     """
-    if "|" in pattern:  # a top-level alternative is not anchored by the prepended ``^``
+    if _has_top_level_alternation(pattern):  # such an alternative is not anchored by the prepended ``^``
         return ""
     i = 0
     n = len(pattern)

@@ -244,7 +244,7 @@ class _Part:
     """A route, or one path group of a route (Kong splits routes by path kind and length)."""
 
     __slots__ = ("route", "kind", "prefixes", "regexes", "methods", "hosts", "headers", "key", "rank",
-                 "index_prefix")
+                 "index_prefix", "simple", "static")
 
     def __init__(self, route: RouteEntry, kind: int, paths: tuple[str, ...], hosts: _Hosts | None, headers):
         self.route = route
@@ -256,6 +256,9 @@ class _Part:
         self.headers = headers or None
         self.key = _priority(route, kind, paths)
         self.rank = 0
+        # a plain-prefix part with no other condition: found in the index means matched
+        self.simple = kind == _KIND_PREFIX and self.methods is None and hosts is None and self.headers is None
+        self.static = {p: RouteMatch(route, p, {}, None) for p in paths} if self.simple else None
         if kind == _KIND_PREFIX:
             self.index_prefix = paths[0]  # all prefixes of a part have the same length
         elif kind == _KIND_REGEX:
@@ -371,9 +374,13 @@ def _try(part: _Part, method: str, hname: str, hport: int, path: str, headers, k
 
 
 class _PathIndex:
-    """Parts (all of one host bucket) by prefix: ``by_len[L][path[:L]]`` -> parts in rank order."""
+    """Parts (of one host bucket) by prefix: ``path[:L]`` -> parts in rank order, for each length L.
 
-    __slots__ = ("lengths", "by_len", "rest")
+    ``lengths`` holds (L, dict, best rank in dict) sorted by that rank, so a lookup can stop as soon as
+    no remaining length can beat the best match found so far.
+    """
+
+    __slots__ = ("lengths", "rest")
 
     def __init__(self, parts: Sequence[_Part]):
         by_len: dict[int, dict[str, list[_Part]]] = {}
@@ -382,14 +389,33 @@ class _PathIndex:
             key = part.index_prefix
             if key is None:
                 rest.append(part)
-            else:
-                by_len.setdefault(len(key), {}).setdefault(key, []).append(part)
-                if part.kind == _KIND_PREFIX:
-                    for p in part.prefixes[1:]:
-                        by_len[len(p)].setdefault(p, []).append(part)
-        self.by_len = {n: {k: tuple(v) for k, v in d.items()} for n, d in by_len.items()}
-        self.lengths = tuple(sorted(self.by_len, reverse=True))
+                continue
+            keys = part.prefixes if part.kind == _KIND_PREFIX else (key,)
+            for k in dict.fromkeys(keys):
+                by_len.setdefault(len(k), {}).setdefault(k, []).append(part)
+        lengths = []
+        for n, d in by_len.items():
+            frozen = {k: tuple(v) for k, v in d.items()}
+            lengths.append((min(v[0].rank for v in frozen.values()), n, frozen))
+        lengths.sort(key=lambda t: t[0])
+        self.lengths = tuple((n, d, r) for r, n, d in lengths)
         self.rest = tuple(rest)
+
+
+_SMALL_HOST_BUCKET = 16
+
+
+def _host_item(part: _Part, host: str) -> tuple[_Part, tuple[str, ...] | None, dict | None]:
+    """An entry of a small host bucket: (part, prefixes, prebuilt matches) when the host name alone
+    decides the host check and nothing but a plain prefix remains to check, else (part, None, None)."""
+    h = part.hosts
+    if (part.kind == _KIND_REGEX or part.methods is not None or part.headers is not None
+            or h.has_port or host not in h.exact):
+        return part, None, None
+    entry = h.exact[host]
+    if part.kind == _KIND_NONE:
+        return part, None, {None: RouteMatch(part.route, None, {}, entry)}
+    return part, part.prefixes, {p: RouteMatch(part.route, p, {}, entry) for p in part.prefixes}
 
 
 class Router:
@@ -407,6 +433,7 @@ class Router:
         for i, p in enumerate(parts):
             p.rank = i
         self._parts = tuple(parts)
+        self._nparts = len(parts)
         self.routes = tuple(entries)
         self.uses_headers = any(p.headers is not None for p in parts)
         self._has_ports = any(p.hosts is not None and p.hosts.has_port for p in parts)
@@ -419,8 +446,11 @@ class Router:
                     by_host.setdefault(name, []).append(p)
             else:
                 anyhost.append(p)
-        self._by_host = {h: _PathIndex(ps) for h, ps in by_host.items()}
-        self._any = _PathIndex(anyhost) if anyhost else None
+        # a host with few parts: a plain tuple scanned in rank order; with many: its own path index
+        self._host_small = {h: tuple(_host_item(p, h) for p in ps)
+                            for h, ps in by_host.items() if len(ps) <= _SMALL_HOST_BUCKET}
+        self._host_big = {h: _PathIndex(ps) for h, ps in by_host.items() if len(ps) > _SMALL_HOST_BUCKET}
+        self._any = _PathIndex(anyhost)
 
         if not self.uses_headers:
             cached = lru_cache(maxsize=_CACHE_SIZE)(self._match)
@@ -448,52 +478,78 @@ class Router:
         """
         return self._match(method, host, path, scheme, headers, server_port)
 
-    def _parse_host(self, host: str, scheme: str, server_port: int | None) -> tuple[str, int]:
+    def _match(self, method, host, path, scheme, headers, server_port):
         if self._has_ports:
             hname, hport = _split_host(host)
             if hport is None:
                 hport = server_port if server_port is not None else _DEFAULT_PORT.get(scheme, 80)
-            return hname, hport
-        i = host.find(":")
-        if i >= 0:
-            return _split_host(host)[0], 0
-        return host.lower(), 0
-
-    def _match(self, method, host, path, scheme, headers, server_port):
-        hname, hport = self._parse_host(host, scheme, server_port)
+        elif ":" in host:
+            hname, hport = _split_host(host)[0], 0
+        else:
+            hname, hport = host.lower(), 0
         best = None
-        best_rank = len(self._parts)
+        best_key = None
+        best_rank = self._nparts
+
+        small = self._host_small.get(hname)
+        if small is not None:
+            for part, prefixes, statics in small:
+                if statics is not None:  # exact host, no port, no methods/headers, no regex
+                    if prefixes is None:
+                        best, best_key, best_rank = part, statics[None], part.rank
+                        break
+                    for p in prefixes:
+                        if path.startswith(p):
+                            best, best_key, best_rank = part, statics[p], part.rank
+                            break
+                    else:
+                        continue
+                    break
+                r = _try(part, method, hname, hport, path, headers, None)
+                if r is not None:
+                    best, best_key, best_rank = part, r, part.rank
+                    break
+            indexes = (self._any,)
+        else:
+            big = self._host_big.get(hname)
+            indexes = (self._any,) if big is None else (big, self._any)
+
         plen = len(path)
-        idx = self._by_host.get(hname)
-        for index in (idx, self._any):
-            if index is None:
-                continue
-            by_len = index.by_len
-            for n in index.lengths:
+        for index in indexes:
+            for n, d, min_rank in index.lengths:
+                if min_rank >= best_rank:
+                    break
                 if n > plen:
                     continue
                 key = path[:n]
-                bucket = by_len[n].get(key)
+                bucket = d.get(key)
                 if bucket is None:
                     continue
                 for part in bucket:
                     if part.rank >= best_rank:
                         break
+                    if part.simple:
+                        best, best_key, best_rank = part, key, part.rank
+                        break
                     r = _try(part, method, hname, hport, path, headers, key)
                     if r is not None:
-                        best, best_rank = (part, r), part.rank
+                        best, best_key, best_rank = part, r, part.rank
                         break
             for part in index.rest:
                 if part.rank >= best_rank:
                     break
                 r = _try(part, method, hname, hport, path, headers, None)
                 if r is not None:
-                    best, best_rank = (part, r), part.rank
+                    best, best_key, best_rank = part, r, part.rank
                     break
         if best is None:
             return None
-        part, (matched_path, captures, matched_host) = best
-        return RouteMatch(part.route, matched_path, captures, matched_host)
+        if best_key.__class__ is RouteMatch:
+            return best_key
+        if best.simple:
+            return best.static[best_key]
+        matched_path, captures, matched_host = best_key
+        return RouteMatch(best.route, matched_path, captures, matched_host)
 
     def _match_linear(self, method: str, host: str, path: str, scheme: str = "http",
                       headers: Mapping[str, list[str]] | None = None,

@@ -363,9 +363,10 @@ def test_translate_regex(pcre, python):
     "pattern,prefix",
     [(r"/users/\d+", "/users/"), (r"/users/(?<id>\d+)$", "/users/"), (r"/api/v1\.0/x", "/api/v1.0/x"),
      (r"/ab?c", "/a"), (r"/ab*", "/a"), (r"/ab{2}", "/a"), (r"/ab+", "/ab"), (r"/a|/b", ""), (r"(?i)/a", ""),
-     (r"^/x", "/x"), (r".*", ""), (r"/a\d", "/a")],
+     (r"^/x", "/x"), (r".*", ""), (r"/a\d", "/a"), (r"/files/.+\.(png|jpg)$", "/files/"), (r"/a[|]b", "/a"),
+     (r"/a\|b", "/a|b")],
     ids=["digits", "named", "escaped-dot", "optional", "star", "counted", "plus", "alternation", "flag", "caret",
-         "dot", "class-escape"],
+         "dot", "class-escape", "nested-alternation", "bar-in-class", "escaped-bar"],
 )
 def test_literal_prefix(pattern, prefix):
     assert literal_prefix(pattern) == prefix
