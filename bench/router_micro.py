@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gwanmun.routing import RouteEntry, Router  # noqa: E402
 
 REGEXES = [r"~/users/(?<id>\d+)$", r"~/orders/\d+/items/(?<item>\w+)", r"~/v(?<ver>\d)/status",
-           r"~/files/.+\.(png|jpg)$", r"~/(?i)webhook/(?<name>[a-z0-9-]+)"]
+           r"~/files/.+\.(png|jpg)$", r"~(?i)/webhook/(?<name>[a-z0-9-]+)"]
 
 
 def _entry(i, **kw):

@@ -1,51 +1,10 @@
-"""Route regexes as Kong users write them -> Python ``re``.
-
-Kong 3.x (``traditional_compatible``) hands a route's regex path to the Rust ``regex`` crate after
-turning ``(?<name>`` into ``(?P<name>`` and prefixing ``^``.  So the syntax users actually write is
-PCRE-looking Rust syntax.  This module translates the few constructs Python 3.11 spells differently:
-
-* named groups ``(?<name>...)``  -> ``(?P<name>...)`` (lookbehinds ``(?<=`` / ``(?<!`` are left alone);
-* inline flags in the middle of a pattern, ``/a/(?i)b``: Python 3.11 only accepts global flags at the
-  very start, so the flag is turned into a scoped group running to the end of the enclosing group
-  (re-opened after each ``|`` of that group, as Rust keeps the flag for the following alternatives);
-  Rust's ``u`` flag is dropped (Python ``str`` patterns are Unicode already), ``-u`` becomes ``a``;
-* ``\\z`` (end of text) -> ``\\Z``.
-
-Everything else is passed through.  It is private: the config team's ``translate_regex`` may
-replace it once it exists.
-"""
+"""Regex helpers for indexing regex routes (translation to Python lives in ``gwanmun.config.model``)."""
 
 from __future__ import annotations
 
-import re
+__all__ = ["literal_prefix"]
 
-__all__ = ["translate_regex", "literal_prefix"]
-
-_FLAGS_RE = re.compile(r"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?([:)])")
-_PY_SCOPED = set("imsx")
-
-
-def _py_flags(on: str, off: str, pattern: str) -> str:
-    on_out = []
-    off_out = []
-    for f in on:
-        if f in _PY_SCOPED:
-            on_out.append(f)
-        elif f == "u":
-            continue
-        else:
-            raise ValueError(f"unsupported regex flag {f!r} in {pattern!r}")
-    for f in off:
-        if f in _PY_SCOPED:
-            off_out.append(f)
-        elif f == "u":
-            on_out.append("a")
-        else:
-            raise ValueError(f"unsupported regex flag {f!r} in {pattern!r}")
-    s = "".join(on_out)
-    if off_out:
-        s += "-" + "".join(off_out)
-    return s
+_META = frozenset(".^$*+?()[]{}|\\")
 
 
 def _class_end(p: str, i: int) -> int:
@@ -69,75 +28,7 @@ def _class_end(p: str, i: int) -> int:
             if depth == 0:
                 return j + 1
         j += 1
-    return n  # unterminated: let re.compile report it
-
-
-def translate_regex(pattern: str) -> str:
-    """Translate a Kong route regex (without the leading ``~``) to Python ``re`` syntax."""
-    out: list[str] = []
-    # one entry per open group: the scoped-flag wrappers opened by ``(?flags)`` inside that group
-    stack: list[list[str]] = [[]]
-    i = 0
-    n = len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "\\":
-            if i + 1 < n:
-                nx = pattern[i + 1]
-                out.append("\\Z" if nx == "z" else c + nx)
-                i += 2
-            else:
-                out.append(c)
-                i += 1
-            continue
-        if c == "[":
-            j = _class_end(pattern, i)
-            out.append(pattern[i:j])
-            i = j
-            continue
-        if c == "(":
-            if pattern.startswith("(?<", i) and i + 3 < n and pattern[i + 3] not in "=!":
-                out.append("(?P<")
-                stack.append([])
-                i += 3
-                continue
-            m = _FLAGS_RE.match(pattern, i)
-            if m is not None:
-                flags = _py_flags(m.group(1), m.group(2) or "", pattern)
-                if m.group(3) == ")":  # flags for the rest of the enclosing group
-                    if flags:
-                        out.append("(?" + flags + ":")
-                        stack[-1].append(flags)
-                else:  # scoped group (?flags:...)
-                    out.append("(?" + flags + ":")
-                    stack.append([])
-                i = m.end()
-                continue
-            out.append(c)
-            stack.append([])
-            i += 1
-            continue
-        if c == ")":
-            opened = stack.pop() if len(stack) > 1 else []
-            out.append(")" * len(opened))
-            out.append(")")
-            i += 1
-            continue
-        if c == "|":
-            opened = stack[-1]
-            out.append(")" * len(opened))
-            out.append("|")
-            out.extend("(?" + f + ":" for f in opened)
-            i += 1
-            continue
-        out.append(c)
-        i += 1
-    while stack:
-        out.append(")" * len(stack.pop()))
-    return "".join(out)
-
-
-_META = frozenset(".^$*+?()[]{}|\\")
+    return n
 
 
 def _has_top_level_alternation(p: str) -> bool:
@@ -165,7 +56,8 @@ def _has_top_level_alternation(p: str) -> bool:
 def literal_prefix(pattern: str) -> str:
     """A string every path matched by ``^`` + ``pattern`` starts with ("" when unsure).
 
-    Used only to index regex routes; an empty answer is always safe.
+    ``pattern`` is the route's regex without its ``~``.  Used only to index regex routes: an empty
+    answer is always safe.
     """
     if _has_top_level_alternation(pattern):  # such an alternative is not anchored by the prepended ``^``
         return ""

@@ -59,11 +59,13 @@ Sample of ``python bench/router_micro.py`` (ns per match)::
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ._regex import literal_prefix, translate_regex
+from ..config.model import compile_header_regex, translate_regex
+from ._regex import literal_prefix
 
 __all__ = ["RouteEntry", "RouteMatch", "Router", "requires_https", "route_priority"]
 
@@ -201,7 +203,7 @@ def _compile_headers(headers) -> tuple[tuple[str, frozenset[str], tuple[re.Patte
         regs = []
         for v in values:
             if v.startswith("~*"):
-                regs.append(re.compile(translate_regex(v[2:]), re.IGNORECASE))
+                regs.append(compile_header_regex(v))
             else:
                 exact.add(v.lower())
         out.append((name, frozenset(exact), tuple(regs)))
@@ -233,9 +235,20 @@ def _headers_match(spec, headers) -> bool:
     return True
 
 
+_LEADING_FLAGS = re.compile(r"(?:\(\?[aiLmsux]+\))+")
+
+
 def _compile_path_regex(route: RouteEntry, path: str) -> re.Pattern:
+    """Kong: ``"^" .. path:sub(2)`` (a bare ``^``, so it binds to the first top-level alternative only).
+
+    Leading inline flags (``~(?i)/foo``) go in front of the ``^``, where Python requires them."""
     try:
-        return re.compile("^" + translate_regex(path[1:]))
+        body = translate_regex(path[1:])
+        m = _LEADING_FLAGS.match(body)
+        flags = m.group(0) if m else ""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return re.compile(flags + "^" + body[len(flags):])
     except (re.error, ValueError) as e:
         raise ValueError(f"route {route.name or route.id or route.index!r}: invalid regex path {path!r}: {e}") from None
 
