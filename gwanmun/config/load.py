@@ -44,7 +44,7 @@ class LoadedConfig:
 
 def config_hash(config: DeclarativeConfig) -> str:
     canonical = json.dumps(
-        config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        config.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -153,12 +153,21 @@ class _Reader:
             self._stack.discard(id(node))
 
     def mapping(self, node: yaml.MappingNode, path: tuple) -> dict[str, Any]:
+        # YAML merge keys (`<<: *defaults`) first, so that explicit keys override both their values and their
+        # lines; among merged mappings the earlier one wins.
         out: dict[str, Any] = {}
-        first_line: dict[str, int] = {}
-        merges: list[yaml.Node] = []
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _MERGE_TAG:
-                merges.append(value_node)
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for src in reversed(sources):
+                    if not isinstance(src, yaml.MappingNode):
+                        self.issue(path, "a '<<' merge key needs a mapping or a list of mappings",
+                                   src.start_mark.line + 1)
+                        continue
+                    out.update(self.mapping(src, path))
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _MERGE_TAG:
                 continue
             line = key_node.start_mark.line + 1
             if not isinstance(key_node, yaml.ScalarNode):
@@ -171,17 +180,6 @@ class _Reader:
             first_line[key] = line
             self.lines[path + (key,)] = line
             out[key] = self.build(value_node, path + (key,))
-        # YAML merge keys (`<<: *defaults`): explicit keys win, then earlier merged mappings
-        for merge in merges:
-            sources = merge.value if isinstance(merge, yaml.SequenceNode) else [merge]
-            for src in sources:
-                if not isinstance(src, yaml.MappingNode):
-                    self.issue(path, "a '<<' merge key needs a mapping or a list of mappings", src.start_mark.line + 1)
-                    continue
-                merged = self.mapping(src, path)
-                for k, v in merged.items():
-                    if k not in out:
-                        out[k] = v
         return out
 
     def scalar(self, node: yaml.ScalarNode, path: tuple) -> Any:

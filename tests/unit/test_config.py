@@ -956,6 +956,29 @@ def test_yaml_merge_keys() -> None:
     assert [(s.connect_timeout, s.read_timeout) for s in cfg.services] == [(1000, 2000), (1000, 3000)]
 
 
+def test_yaml_merge_keys_explicit_keys_keep_their_lines() -> None:
+    loaded = load(HEAD + y("""
+        services:
+        - <<: &t {host: a, port: 80}
+          name: a
+        - <<: [*t, {retries: 1, port: 81}]
+          name: b
+          port: 82
+    """))
+    svc = loaded.config.services[1]
+    assert (svc.host, svc.port, svc.retries) == ("a", 82, 1)
+    assert loaded.lines[("services", 1, "port")] == 7
+    assert loaded.lines[("services", 1, "retries")] == 5
+
+
+def test_docs_example_loads() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
+    example = doc.split("## Full example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = load_text(example, filename="docs/config.md", env={}).config
+    assert len(cfg.all_routes()) == 4
+    assert cfg.gateway.dns_resolver == ["10.0.0.2"]
+
+
 def test_lines_point_at_keys_and_items() -> None:
     loaded = load(HEAD + "services:\n- name: s\n  host: a\n  routes:\n  - paths:\n    - /x\n")
     assert loaded.lines[()] == 1
