@@ -880,8 +880,9 @@ def main(argv=None) -> int:
     def on_signal(signum, _frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    # SIGINT explicitly too: a shell starting us in the background sets it to SIG_IGN
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     atexit.register(bench.cleanup)
     try:
         bench.setup()
