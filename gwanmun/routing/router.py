@@ -12,7 +12,8 @@ matches anything): ``methods`` (exact, case-sensitive), ``hosts``, ``paths`` and
   host starting with ``example.``.  Comparison is case-insensitive.
 * Paths: a plain path is a string prefix of the request path (``/foo`` matches ``/foobar``); a path
   starting with ``~`` is a regex anchored at the start of the path (``^`` is prepended) but not at
-  its end.  Its named and numbered groups become ``captures``.
+  its end.  Its named and numbered groups become ``captures`` (plus the whole match as ``0``, as
+  Kong 3.x does).  Regex syntax goes through ``gwanmun.config.model.translate_regex``.
 * Headers: every configured header must be present, and one of its values must equal one of the
   configured values (case-insensitively) or match a ``~*regex`` value (searched anywhere in the
   value, case-insensitively).
@@ -40,9 +41,20 @@ plain prefix beats a shorter one.  Within the winning part, the first of its reg
 order) that matches provides ``matched_path`` and ``captures``.
 
 Kong computes this as one 64-bit number; we compare the same fields as a tuple, which is what that
-layout intends.  Kong's LuaJIT code actually shifts the first three fields with 32-bit operations,
-which scrambles them (Kong issue #14457: ``regex_priority`` ignored once headers are set); we do not
-reproduce that.
+layout intends (Kong's docs list the same order).
+
+Where we knowingly differ from Kong
+-----------------------------------
+* Kong's LuaJIT ``get_priority`` shifts the category count, the header count and ``regex_priority``
+  as plain Lua numbers, so ``bit.lshift`` works on 32 bits (shift count mod 32): they land on bits
+  29, 20 and 19 and overlap (checked with LuaJIT 2.1; Kong issue #14457, regex_priority ignored once
+  headers are set).  We rank by the intended fields.  A negative ``regex_priority`` ranks below 0.
+* Host names compare case-insensitively (RFC 3986; Kong 3.x compares them as sent, PR #14198 open).
+* ``Host: [::1]:8000`` is split at the bracket (Kong splits at the first ``:``).
+* ``~*`` header regexes run case-insensitively on the lower-cased value; Kong lower-cases the
+  pattern itself, which turns ``\\D`` into ``\\d`` and similar.
+* Ties: config order (Kong: route ids).  ``captures`` only come from the path regex (Kong's also
+  picks up groups of ``~*`` header regexes).  No ``snis``/``sources``/``destinations``.
 
 Speed
 -----
