@@ -178,11 +178,17 @@ class Exchange:
                     self.req_has_body = True
                 fwd += (name, b": ", value, b"\r\n")
             elif action == _TE:
+                # RFC 9112 §6.3: a request whose final coding is not chunked cannot be framed. Reject it.
+                if value.rsplit(b",", 1)[-1].strip().lower() != b"chunked" or self.version == "1.0":
+                    self.keep_alive = False
+                    return self.fail(400, "bad_request", "unsupported Transfer-Encoding")
                 self.req_chunked = self.req_has_body = True
             elif action == _EXPECT:
+                # Answered here (as Envoy does): the upstream may not implement it, and a client must not wait.
                 if value.lower() == b"100-continue":
                     self.expect_continue = True
-                fwd += (name, b": ", value, b"\r\n")
+                else:
+                    return self.fail(417, "expectation_failed", "unsupported expectation")
             elif action == _VIA:
                 via = value if not via else via + b", " + value
             elif trusted:
@@ -242,6 +248,10 @@ class Exchange:
         if target is None:
             return self.fail(503, "no_peer", "failure to get a peer from the ring-balancer")
         self.target = target
+        if self.expect_continue and not self.req_done and self.version == "1.1":
+            # The request is routed and will be forwarded: now the client may send its body.
+            self.expect_continue = False
+            self.down.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
         up_path = upstream_path(svc.path, match, path)
         if route.preserve_host and host:
@@ -427,14 +437,17 @@ class Exchange:
                           detail=reason)
 
     def _retry_fresh(self, why: str) -> bool:
-        """A reused connection died before answering: replay the request on a new one, if that is safe."""
+        """A reused connection died before answering: replay the request on a new one, if that is safe.
+
+        Safe means: an idempotent method, nothing of the response seen, and everything sent so far still held
+        (at most ``REPLAY_LIMIT`` bytes). The rest of a body still arriving queues in ``pending`` meanwhile.
+        """
         if (
             not self.reused
             or self.replay is None
             or self.head_sent
             or self.status
             or self.method not in IDEMPOTENT
-            or (self.req_has_body and not self.req_done)
         ):
             return False
         log.debug("pooled connection to %s was closed (%s); retrying on a new one", self.target.label, why)
@@ -534,6 +547,7 @@ class Exchange:
                 self.out.append(status_line(status) + _filter_head(headers) + b"\r\n")
             return
         self.status = status
+        rid_name = self.rt.settings.request_id_lower
         tokens = None
         chunked = False
         length = False
@@ -548,6 +562,8 @@ class Exchange:
                 continue
             if lname == b"content-length":
                 length = True
+            elif lname == rid_name:
+                continue  # ours is the one that counts (and it is in the log)
             parts += (name, b": ", value, b"\r\n")
         if tokens:
             extra = tokens - {b"close", b"keep-alive"}

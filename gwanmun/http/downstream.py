@@ -285,7 +285,16 @@ class DownstreamProtocol(asyncio.Protocol):
     def _bad_request(self, status: int, message: str) -> None:
         """The request stream is broken: answer in order, then close (RFC 9112 §9.6)."""
         self.pause(self.PAUSE_PIPELINE)
+        ex = self.parsing
         self.parsing = None
+        if ex is not None:
+            # The broken request's own head was fine: it is in flight or queued, and can never complete.
+            if ex is self.current:
+                ex.keep_alive = False
+                ex.fail(status, "bad_request", message)
+                return
+            ex.finished = True
+            self.queue.remove(ex)
         if self.current is None and not self.queue:
             self._write_error(status, message)
         else:
