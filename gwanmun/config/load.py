@@ -43,9 +43,9 @@ class LoadedConfig:
 
 
 def config_hash(config: DeclarativeConfig) -> str:
-    canonical = json.dumps(
-        config.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    """sha256 (hex) of the config's canonical JSON: ``model_dump(mode="json")``, sorted keys, no whitespace."""
+    data = config.model_dump(mode="json", by_alias=True)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -64,7 +64,6 @@ TARGET_DEFAULT_PORT = 8000  # Kong's targets DAO appends :8000 to a target witho
 SERVICE_DEFAULT_PORT = 80
 MAX_TIMEOUT_MS = 2**31 - 2
 
-_NONE = object()  # "no inert value besides null/empty" marker in UNSUPPORTED_FIELDS
 
 # Kong fields (and top-level keys) gwanmun does not implement yet, per entity kind, each with the values that are
 # accepted anyway because they have no effect (null and empty collections always are; the tuple lists Kong
