@@ -185,6 +185,10 @@ class _Reader:
     def scalar(self, node: yaml.ScalarNode, path: tuple) -> Any:
         if node.tag == _STR_TAG and "${" in node.value:
             value = self.interpolate(node.value, path, node.start_mark.line + 1)
+            if path in self.failed_paths:
+                # keep the text as written: its own error is reported, and the errors that follow from it at this
+                # path are dropped, but a placeholder such as "" or null could cause misleading errors elsewhere
+                return node.value
             if node.style is None and value != node.value:  # plain scalar: type the result as YAML would
                 tag = self._resolver.resolve(yaml.ScalarNode, value, (True, False))
                 node = yaml.ScalarNode(tag, value, node.start_mark, node.end_mark)

@@ -834,6 +834,13 @@ def test_env_errors_are_collected_with_other_errors() -> None:
     assert [i.path[-1] for i in issues] == ["host", "port", "bogus"]
 
 
+def test_env_error_does_not_cascade() -> None:
+    issues = issues_of(HEAD + "services:\n- name: s\n  url: http://backend:${PORT}\n")
+    assert [(i.path, i.message) for i in issues] == [
+        (("services", 0, "url"), "environment variable 'PORT' is not set (use ${PORT:-default} to give a default)")
+    ]
+
+
 def test_env_secret_never_appears_in_errors() -> None:
     secret = "s3cr3t-p4ss"
     issues = issues_of(
