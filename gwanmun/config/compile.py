@@ -42,14 +42,10 @@ def compile_settings(gw) -> Settings:
 def compile_runtime(loaded: LoadedConfig) -> Runtime:
     cfg = loaded.config
 
-    upstreams = {}
-    for u in cfg.upstreams:
-        upstreams[u.name] = u
-
     services: list[Service] = []
     for s in cfg.services:
         scheme = s.protocol
-        u = upstreams.get(s.host)
+        u = cfg.upstream_for(s)
         if u is not None:
             targets = tuple(
                 Target(
@@ -59,7 +55,7 @@ def compile_runtime(loaded: LoadedConfig) -> Runtime:
                     host_header=_host_header(u.host_header, t.port, scheme) if u.host_header
                     else _host_header(t.host, t.port, scheme),
                 )
-                for t in u.targets
+                for t in cfg.targets_for(u)  # nested and top-level targets
             )
         else:
             targets = (Target(host=s.host, port=s.port, host_header=_host_header(s.host, s.port, scheme)),)
