@@ -99,7 +99,7 @@ def test_absolute_redirect_location_unchanged(gw, httpbin):
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_redirect_to(gw, httpbin, status):
-    target = "/redirect-to?url=http%3A%2F%2Fexample.com%2Fa%2Fb%3Fq%3D1%26r%3D%252F&status_code=%d" % status
+    target = "/redirect-to?url=http%3A%2F%2Fexample.com%2Fa%2Fb%3Fq%3D1%26r%3D%252F&status_code=" + str(status)
     direct, via = both(gw, httpbin, "GET", target)
     assert via.status == status
     assert_same_response(direct, via)

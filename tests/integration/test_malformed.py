@@ -22,6 +22,8 @@ def _exchange(gw, data: bytes, timeout: float = 5.0):
             r = c.read_response()
         except (PeerClosed, ConnectionResetError):
             return None, True
+        except TimeoutError:
+            raise AssertionError(f"no response and no close within {timeout}s; received {bytes(c.buf)[:300]!r}")
         try:
             closed = c.peer_closed(2)
         except AssertionError:
