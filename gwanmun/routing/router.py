@@ -65,7 +65,20 @@ Candidates are kept in rank order, so the first full match in a bucket is that b
 Routers without header routes also keep an LRU of recent (method, host, path) results.
 Sample of ``python bench/router_micro.py`` (ns per match)::
 
-    SEE_BENCH
+    python 3.11.7, 40000 requests x best of 7 rounds; CPU ns per match
+    shape       routes  build ms     hot    cold   index  matched
+    prefix          10       1.4     157    1321    1019  100%
+    prefix       10000     105.7     111    2119    1370  100%
+    hosts           10       0.3     148     703     489  100%
+    hosts        10000      73.4     132    1342     662  100%
+    mixed           10       0.3     124    1215     963  100%
+    mixed        10000      91.7     122    2286    1723  100%
+    headers         10       0.3    1002    1149    1115  100%
+    headers      10000     119.4    1292    2058    1880  100%
+    regex-hit       10       5.3     116    1996    1674  100%
+    regex-hit    10000      54.4     143    2002    1578  100%
+
+(2-core shared box, other jobs running.  "hot" = LRU hit; a miss adds ~200-300 ns to "index".)
 """
 
 from __future__ import annotations
