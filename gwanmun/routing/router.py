@@ -11,9 +11,9 @@ matches anything): ``methods`` (exact, case-sensitive), ``hosts``, ``paths`` and
   scheme's port).  ``*.example.com`` matches any host ending in ``.example.com``; ``example.*`` any
   host starting with ``example.``.  Comparison is case-insensitive.
 * Paths: a plain path is a string prefix of the request path (``/foo`` matches ``/foobar``); a path
-  starting with ``~`` is a regex anchored at the start of the path (``^`` is prepended) but not at
-  its end.  Its named and numbered groups become ``captures`` (plus the whole match as ``0``, as
-  Kong 3.x does).  Regex syntax goes through ``gwanmun.config.model.translate_regex``.
+  starting with ``~`` is a regex anchored at the start of the path but not at its end
+  (``gwanmun.config.compile_path_regex``: ``^(?:...)``).  Its named and numbered groups become
+  ``captures``, plus the whole match as ``0``, as Kong 3.x does.
 * Headers: every configured header must be present, and one of its values must equal one of the
   configured values (case-insensitively) or match a ``~*regex`` value (searched anywhere in the
   value, case-insensitively).
@@ -49,6 +49,9 @@ Where we knowingly differ from Kong
   as plain Lua numbers, so ``bit.lshift`` works on 32 bits (shift count mod 32): they land on bits
   29, 20 and 19 and overlap (checked with LuaJIT 2.1; Kong issue #14457, regex_priority ignored once
   headers are set).  We rank by the intended fields.  A negative ``regex_priority`` ranks below 0.
+* Every top-level alternative of a regex path is anchored (``~/a|/b`` does not match ``/x/b``), as in
+  Kong's ``traditional`` router and docs/config.md; Kong 3.x's default prepends a bare ``^``, which
+  anchors only the first alternative.
 * Host names compare case-insensitively (RFC 3986; Kong 3.x compares them as sent, PR #14198 open).
 * ``Host: [::1]:8000`` is split at the bracket (Kong splits at the first ``:``).
 * ``~*`` header regexes run case-insensitively on the lower-cased value; Kong lower-cases the
@@ -84,12 +87,11 @@ Sample of ``python bench/router_micro.py`` (ns per match)::
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ..config.model import compile_header_regex, translate_regex
+from ..config.model import compile_header_regex, compile_path_regex
 from ._regex import literal_prefix
 
 __all__ = ["RouteEntry", "RouteMatch", "Router", "requires_https", "route_priority"]
@@ -260,22 +262,12 @@ def _headers_match(spec, headers) -> bool:
     return True
 
 
-_LEADING_FLAGS = re.compile(r"(?:\(\?[aiLmsux]+\))+")
-
-
 def _compile_path_regex(route: RouteEntry, path: str) -> re.Pattern:
-    """Kong: ``"^" .. path:sub(2)`` (a bare ``^``, so it binds to the first top-level alternative only).
-
-    Leading inline flags (``~(?i)/foo``) go in front of the ``^``, where Python requires them."""
     try:
-        body = translate_regex(path[1:])
-        m = _LEADING_FLAGS.match(body)
-        flags = m.group(0) if m else ""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return re.compile(flags + "^" + body[len(flags):])
+        return compile_path_regex(path)
     except (re.error, ValueError) as e:
-        raise ValueError(f"route {route.name or route.id or route.index!r}: invalid regex path {path!r}: {e}") from None
+        name = route.name or route.id or route.index
+        raise ValueError(f"route {name!r}: invalid regex path {path!r}: {e}") from None
 
 
 class _Part:

@@ -128,7 +128,8 @@ PATH_CASES = [
     (r"~/users/\d+$", "/users/1/x", False, None),
     (r"~/users/\d+", "/v1/users/1", False, None),
     (r"~/users/(?<id>\d+)$", "/users/42", True, "/users/42"),
-    (r"~/a|/b", "/x/b", True, "/b"),  # Kong prepends a bare ^: it binds to the first alternative only
+    (r"~/a|/b", "/b/x", True, "/b"),
+    (r"~/a|/b", "/x/b", False, None),  # every alternative is anchored (Kong 3.x's default: only the first)
     (r"~(?i)/ABC", "/abc", True, "/abc"),
 ]
 
