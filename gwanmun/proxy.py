@@ -34,6 +34,7 @@ from .http.wire import (
     status_line,
 )
 from .routing.paths import upstream_path
+from .routing.router import requires_https
 from .upstream.dns import ResolveError, is_ip
 
 if TYPE_CHECKING:
@@ -242,6 +243,9 @@ class Exchange:
             return self.fail(404, "no_route", "no Route matched with those values")
         route = match.route
         self.route = route
+        if "http" not in route.protocols and requires_https(route, (xfproto or down.scheme_b).decode("latin-1")):
+            # Kong: an https-only route reached over plain http is refused, never served in clear.
+            return self.fail(426, "https_required", "Please use HTTPS protocol")
         svc: Service = route.target
         self.service = svc
         target = svc.balancer.pick()

@@ -1177,6 +1177,13 @@ class GatewayConfig(_Entity):
     )
     trusted_ips: list[Annotated[str, Strict(), AfterValidator(_check_ip_or_cidr)]] = Field(default_factory=list)
     access_log: Annotated[str, Strict(), AfterValidator(_check_access_log)] = "stdout"
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _access_log_off(cls, v):
+        # YAML 1.1 reads a bare ``off`` as false; ``access_log: off`` is what an nginx user writes.
+        return "off" if v is False else v
+
     request_id_header: HeaderName = "X-Request-ID"
     via_header: Bool = True
     max_request_line: PositiveInt = 8192

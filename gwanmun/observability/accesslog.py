@@ -24,6 +24,9 @@ BUFFER = 64 * 1024
 FLUSH_INTERVAL = 0.1
 
 
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 class _Clock:
     """Wall-clock timestamps in ISO 8601 with milliseconds; the per-second prefix is formatted once a second."""
 
@@ -39,7 +42,7 @@ class _Clock:
         if sec != self._sec:
             self._sec = sec
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{int((t - sec) * 1000):03d}Z"
+        return self._prefix + _MILLIS[int((t - sec) * 1000)]
 
 
 class AccessLog:
@@ -82,8 +85,9 @@ class AccessLog:
             "status": ex.status,
             "bytes_in": ex.bytes_in,
             "bytes_out": ex.bytes_out,
-            "latency_ms": round((now - ex.t0) * 1000, 3),
-            "upstream_latency_ms": round((ex.t_up_end - ex.t_up) * 1000, 3) if ex.t_up else None,
+            # int(µs) / 1000 gives 3 decimals at a fraction of round()'s cost
+            "latency_ms": int((now - ex.t0) * 1e6) / 1000,
+            "upstream_latency_ms": int((ex.t_up_end - ex.t_up) * 1e6) / 1000 if ex.t_up else None,
         }
         if ex.error:
             record["error"] = ex.error

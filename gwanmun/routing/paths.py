@@ -82,6 +82,17 @@ def upstream_path(service_path: str | None, match, request_path: str, *,
                   flavor: str = "traditional_compatible") -> str:
     """The upstream request path (without query string) for ``match`` of ``request_path``."""
     route = match.route
+    if (service_path is None or service_path == "/") and flavor != "traditional" and request_path[:1] == "/":
+        # Fast path for the common case (no service path): the v0 table reduces to these lines.
+        if not route.strip_path:
+            return request_path
+        postfix = request_path[len(match.matched_path or "/"):]
+        if not postfix:
+            return "/"
+        if postfix[0] == "/":
+            return postfix
+        if postfix[0] != ".":  # "./" and "../" go through sanitize_postfix below
+            return "/" + postfix
     base = service_path or "/"
     strip = route.strip_path
     prefix = match.matched_path if strip else None

@@ -35,7 +35,7 @@ class Pool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if conn.reusable:
+            if not conn.closed:  # set by eof_received/connection_lost/close, so no transport call is needed
                 self.active += 1
                 return conn
         return None
@@ -59,7 +59,7 @@ class Pool:
         self.active -= 1
         conn.exchange = None
         s = self.settings
-        if conn.reusable and conn.requests < s.max_requests and len(self.idle) < s.max_idle:
+        if not conn.closed and conn.requests < s.max_requests and len(self.idle) < s.max_idle:
             conn.idle_since = now
             self.idle.append(conn)
         else:

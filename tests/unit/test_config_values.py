@@ -372,3 +372,11 @@ def test_gateway_values(field: str, value, ok: bool) -> None:
 
 def test_compiled_regexes_are_python_patterns() -> None:
     assert isinstance(compile_path_regex("~/x"), re.Pattern)
+
+
+def test_access_log_bare_off_is_off():
+    """YAML reads ``off`` as false; nginx users write ``access_log: off``."""
+    from gwanmun.config import load_text
+
+    cfg = load_text('_format_version: "3.0"\ngateway: {access_log: off}\n').config
+    assert cfg.gateway.access_log == "off"

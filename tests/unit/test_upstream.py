@@ -140,7 +140,7 @@ def test_unknown_name_is_a_resolve_error_and_cached_negative(tmp_path):
 class _FakeConn:
     def __init__(self, alive=True):
         self.alive = alive
-        self.closed = False
+        self.closed = not alive
         self.requests = 0
         self.idle_since = 0.0
         self.exchange = None
