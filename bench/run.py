@@ -625,8 +625,9 @@ class Bench:
             if not noisy:
                 return ms
             if attempt < a.noise_retries:
-                log(f"    noisy (other processes {ms.foreign_cpu_pct:.0f}%, steal {ms.steal_pct:.0f}%): repeating")
-                time.sleep(1.0)
+                log(f"    noisy (other processes {ms.foreign_cpu_pct:.0f}%, steal {ms.steal_pct:.0f}%): "
+                    f"repeating in {a.noise_wait:g} s")
+                time.sleep(a.noise_wait)
         self.warnings.append(
             f"{t.name}/{body} round {rnd}: other processes used {ms.foreign_cpu_pct:.0f}% of a CPU "
             f"(steal {ms.steal_pct:.0f}%) during the measurement, even after {a.noise_retries} retries - noisy machine")
@@ -849,6 +850,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-noise", type=float, default=20,
                    help="repeat a measurement when other processes used more than this %% of a CPU we use (default 20)")
     p.add_argument("--noise-retries", type=int, default=2, help="how often to repeat a noisy measurement (default 2)")
+    p.add_argument("--noise-wait", type=float, default=3, help="seconds to wait before repeating one (default 3)")
     p.add_argument("--results-dir", default=str(BENCH_DIR / "results"))
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     a = p.parse_args(argv)
@@ -892,7 +894,8 @@ def main(argv=None) -> int:
         elapsed = time.monotonic() - t0
     except SetupError as e:
         log(f"\nERROR: {e}")
-        args.keep_tmp = True  # keep configs and logs for a look
+        if bench.children.procs:  # something ran: keep configs and logs for a look
+            args.keep_tmp = True
         return 1
     except KeyboardInterrupt:
         log("\ninterrupted; stopping children")
