@@ -364,6 +364,7 @@ class Bench:
         self.taskset = shutil.which("taskset")
         self.warnings: list[str] = []
         self._cleaned = False
+        self.discarded: list[Measurement] = []  # noisy measurements that were repeated
 
     # -- helpers -----------------------------------------------------------
     def pinned(self, cpu: int, argv: list[str]) -> list[str]:
@@ -625,6 +626,7 @@ class Bench:
             if not noisy:
                 return ms
             if attempt < a.noise_retries:
+                self.discarded.append(ms)
                 log(f"    noisy (other processes {ms.foreign_cpu_pct:.0f}%, steal {ms.steal_pct:.0f}%): "
                     f"repeating in {a.noise_wait:g} s")
                 time.sleep(a.noise_wait)
@@ -847,8 +849,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gwanmun-cmd", default="{python} -m gwanmun run --config {config}",
                    help="command to start gwanmun ({python}, {config} substituted)")
     p.add_argument("--startup-timeout", type=float, default=60, help="seconds to wait for gwanmun to listen")
-    p.add_argument("--max-noise", type=float, default=20,
-                   help="repeat a measurement when other processes used more than this %% of a CPU we use (default 20)")
+    p.add_argument("--max-noise", type=float, default=10,
+                   help="repeat a measurement when other processes used more than this %% of a CPU we use (default 10)")
     p.add_argument("--noise-retries", type=int, default=2, help="how often to repeat a noisy measurement (default 2)")
     p.add_argument("--noise-wait", type=float, default=3, help="seconds to wait before repeating one (default 3)")
     p.add_argument("--results-dir", default=str(BENCH_DIR / "results"))
@@ -937,6 +939,7 @@ def main(argv=None) -> int:
              "ratio": summ["small"]["gwanmun-rN"]["rps"] / summ["small"]["gwanmun-r10"]["rps"]}
             if "small" in summ and "gwanmun-rN" in summ["small"] and "gwanmun-r10" in summ["small"] else None),
         "runs": [vars(m) for m in results],
+        "discarded_noisy_runs": [vars(m) for m in bench.discarded],
         "warnings": bench.warnings + notes,
     }
     jpath = out_dir / f"bench-{stamp}.json"
