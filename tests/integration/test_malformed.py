@@ -88,17 +88,17 @@ def test_unsupported_transfer_encoding(gw, token, te):
 
 def test_oversized_header_rejected(gw):
     data = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (128 * 1024) + b"\r\n\r\n"
-    _assert_rejected(gw, data, statuses=(400, 431))
+    _assert_rejected(gw, data, statuses=(431,))
 
 
 def test_too_many_headers_rejected(gw):
     data = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(500)) + b"\r\n"
-    _assert_rejected(gw, data, statuses=(400, 431))
+    _assert_rejected(gw, data, statuses=(431,))
 
 
 def test_oversized_request_line_rejected(gw):
     data = b"GET /" + b"a" * (64 * 1024) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-    _assert_rejected(gw, data, statuses=(400, 414))
+    _assert_rejected(gw, data, statuses=(414,))
 
 
 def test_client_disconnect_mid_request_harmless(gw, token):
