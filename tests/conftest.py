@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import warnings
 
 import pytest
 
@@ -45,8 +46,15 @@ def scripted():
     server.stop()
 
 
+def _stop_and_check(gw: Gateway, where: str) -> None:
+    gw.stop()
+    if gw.killed:
+        warnings.warn(f"{where}: gateway pid {gw.pid} ignored SIGTERM for 5 s and was killed; stderr tail:\n"
+                      + "\n".join(gw.stderr_text().splitlines()[-10:]), stacklevel=1)
+
+
 @pytest.fixture
-def gateway(tmp_path):
+def gateway(tmp_path, request):
     started: list[Gateway] = []
 
     def make(config: dict, name: str | None = None) -> Gateway:
@@ -56,7 +64,7 @@ def gateway(tmp_path):
 
     yield make
     for gw in started:
-        gw.stop()
+        _stop_and_check(gw, request.node.nodeid)
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +83,7 @@ def shared_gateway(tmp_path_factory):
 
     yield make
     for gw in cache.values():
-        gw.stop()
+        _stop_and_check(gw, "shared gateway")
 
 
 @pytest.fixture

@@ -116,3 +116,32 @@ def test_client_disconnect_while_upstream_hangs(gw, scripted, token):
     with RawConnection(gw.host, gw.port) as c:
         c.request("GET", f"/echo?t={token}&after=1")
         assert c.read_response().status == 200
+
+
+def _internal_errors(gw) -> list[str]:
+    return [ln for ln in gw.stderr_text().splitlines() if "Traceback" in ln or "Fatal error" in ln]
+
+
+@pytest.mark.parametrize("te", ["gzip", "chunkedx"])
+def test_bad_transfer_encoding_with_pooled_upstream(gateway, scripted, token, te):
+    """With a pooled upstream connection ready (the fast path), a request the parser rejects after its head must
+    still get a clean 400 and a closed connection, without an internal error, and must not keep the gateway from
+    exiting on SIGTERM."""
+    import signal
+    import subprocess
+
+    gw = gateway(single_service(scripted.url, name="scripted", route_name="all"))
+    with RawConnection(gw.host, gw.port) as c:  # warm the pool
+        c.request("GET", f"/echo?t={token}")
+        assert c.read_response().status == 200
+    for i in range(5):
+        data = (f"POST /sink?t={token}&i={i} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n"
+                "5\r\nhello\r\n0\r\n\r\n").encode()
+        r, closed = _exchange(gw, data)
+        assert r is not None and r.status == 400 and closed, (i, r and r.status, closed)
+    assert not _internal_errors(gw), _internal_errors(gw)[:2]
+    gw.proc.send_signal(signal.SIGTERM)
+    try:
+        gw.proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pytest.fail("gateway did not exit within 5 s of SIGTERM")

@@ -9,7 +9,7 @@ import pytest
 
 from tests.fixtures.gateway import route, service
 from tests.fixtures.rawhttp import RawConnection
-from tests.fixtures.upstreams import RefusingPort, ScriptedUpstream
+from tests.fixtures.upstreams import NxdomainDNS, RefusingPort, ScriptedUpstream
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +123,17 @@ def test_each_target_keeps_its_own_pool(gateway, pair, token):
 
 
 def test_unresolvable_service_host_503(gateway, token):
-    gw = gateway({
-        "gateway": {"dns_resolver": ["127.0.0.1:1"]},  # nothing answers: fail fast, never leave this machine
-        "services": [service("ghost", "http://no-such-host.invalid:8080", [route("r", ["/"])], retries=0)],
-    })
-    with RawConnection(gw.host, gw.port, timeout=15) as c:
-        c.request("GET", f"/x?t={token}")
-        r = c.read_response()
-    assert r.status == 503
-    assert json.loads(r.body)["request_id"] == r.header("x-request-id")
+    dns = NxdomainDNS()
+    try:
+        gw = gateway({
+            "gateway": {"dns_resolver": [dns.address], "dns_hostsfile": "/dev/null"},
+            "services": [service("ghost", "http://no-such-host.invalid:8080", [route("r", ["/"])], retries=0)],
+        })
+        with RawConnection(gw.host, gw.port, timeout=15) as c:
+            c.request("GET", f"/x?t={token}")
+            r = c.read_response()
+        assert r.status == 503
+        assert json.loads(r.body)["request_id"] == r.header("x-request-id")
+        assert dns.queries, "the gateway never asked the configured resolver"
+    finally:
+        dns.close()
