@@ -159,3 +159,14 @@ def test_service_path_prefix(shared_gateway, scripted, token):
     r = _get(gw, f"/api/echo?t={token}", [])
     assert r.status == 200
     assert scripted.request_for(token).target == f"/base/echo?t={token}"
+
+
+def test_absolute_form_target(untrusted_gw, scripted, token):
+    """RFC 9112 §3.2.2: a server must accept the absolute form; the upstream gets the origin form."""
+    with RawConnection(untrusted_gw.host, untrusted_gw.port) as c:
+        c.send(f"GET http://example.test/echo?t={token}&abs=1 HTTP/1.1\r\nHost: example.test\r\n\r\n".encode())
+        r = c.read_response()
+    assert r.status == 200
+    rec = scripted.request_for(token)
+    assert rec.target == f"/echo?t={token}&abs=1"
+    assert rec.header("x-forwarded-host") == "example.test"
