@@ -49,7 +49,8 @@ def scripted():
 def _stop_and_check(gw: Gateway, where: str) -> None:
     gw.stop()
     if gw.killed:
-        warnings.warn(f"{where}: gateway pid {gw.pid} ignored SIGTERM for 5 s and was killed; stderr tail:\n"
+        warnings.warn(f"{where}: gateway pid {gw.pid} had not exited 5 s after SIGTERM and was killed (the gateway "
+                      "waits for in-flight requests: was one stuck?); stderr tail:\n"
                       + "\n".join(gw.stderr_text().splitlines()[-10:]), stacklevel=1)
 
 

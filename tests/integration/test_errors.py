@@ -163,3 +163,46 @@ def test_upstream_5xx_relayed_not_replaced(shared_gateway, scripted, token):
     gw = shared_gateway(single_service(scripted.url, name="scripted", route_name="all"))
     r = _get(gw, f"/respond?t={token}&status=503&body=upstream%20says%20no&h=Retry-After:7")
     assert r.status == 503 and r.body == b"upstream says no" and r.header("retry-after") == "7"
+
+
+def test_read_timeout_is_between_reads_not_total(gateway, httpbin):
+    """Kong's read_timeout bounds the wait between two reads: a body that trickles a byte every 0.3 s for 1.5 s
+    passes under a 0.8 s read_timeout."""
+    gw = gateway(single_service(httpbin.url, name="drip", retries=0, read_timeout=800))
+    r = _get(gw, "/drip?numbytes=5&duration=1.5&delay=0")
+    assert r.status == 200 and r.body == b"*****"
+
+
+def test_upstream_write_timeout_504(gateway, scripted, token):
+    """The upstream stops reading the request body: once the buffers are full, the gateway gives up after
+    write_timeout with a 504 (no response head has been sent yet)."""
+    import threading
+
+    gw = gateway(single_service(scripted.url, name="stuck", retries=0, write_timeout=500, read_timeout=60000))
+    n = 256 << 20
+    c = RawConnection(gw.host, gw.port, timeout=20)
+    done = threading.Event()
+
+    def send():
+        try:
+            c.send(f"POST /sink?gate={token}&t={token} HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\n".encode())
+            chunk = b"w" * (1 << 20)
+            for _ in range(n >> 20):
+                c.sock.sendall(chunk)
+        except OSError:
+            pass  # the gateway gave up and closed: expected
+        finally:
+            done.set()
+
+    t = threading.Thread(target=send, daemon=True)
+    try:
+        t0 = time.monotonic()
+        t.start()
+        r = c.read_response("POST")
+        elapsed = time.monotonic() - t0
+        assert_json_error(r, 504)
+        assert elapsed < 5, f"504 after {elapsed:.2f}s with write_timeout 0.5s"
+    finally:
+        c.close()
+        scripted.open_gate(token)
+        done.wait(10)

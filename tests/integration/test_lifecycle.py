@@ -77,3 +77,48 @@ def test_fixture_reports_startup_failure(tmp_path):
         gw.start()
     assert "stderr" in str(ei.value)
     assert not gw.alive()
+
+
+def test_sigterm_with_request_in_flight(gateway, scripted, token):
+    """Graceful stop: an in-flight request may delay the exit, but only for a bounded grace period."""
+    gw = gateway(single_service(scripted.url, read_timeout=120000))
+    with RawConnection(gw.host, gw.port, timeout=30) as c:
+        c.request("GET", f"/hang?t={token}&max=60")
+        scripted.wait_request(token)
+        t0 = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        try:
+            gw.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("gateway still running 15 s after SIGTERM with one stuck request")
+        assert time.monotonic() - t0 < 15
+        # the client is not left hanging: it gets an answer or a closed connection
+        try:
+            r = c.read_response()
+            assert r.status >= 500
+        except (ConnectionError, OSError):
+            pass
+
+
+def test_new_connections_refused_after_sigterm(gateway, scripted, token):
+    gw = gateway(single_service(scripted.url, read_timeout=120000))
+    with RawConnection(gw.host, gw.port, timeout=30) as c:
+        c.request("GET", f"/hang?t={token}&max=2")  # the upstream gives up after 2 s, ending the request
+        scripted.wait_request(token)
+        gw.proc.send_signal(signal.SIGTERM)
+        # wait for the "stopping" event, then a new connection must not be served
+        from tests.fixtures.rawhttp import wait_for
+
+        wait_for(lambda: any(e.get("event") == "stopping" for e in gw.stderr_events()), 5, what="stopping event")
+        try:
+            with RawConnection(gw.host, gw.port, timeout=3) as c2:
+                c2.request("GET", f"/echo?t={token}&late=1")
+                r = c2.read_response()
+                assert r.status >= 500 or "close" in r.connection_tokens(), "served normally after SIGTERM"
+        except (ConnectionError, OSError):
+            pass
+    # once the in-flight request ends (the upstream closes after 2 s), the gateway finishes stopping
+    try:
+        gw.proc.wait(8)
+    except subprocess.TimeoutExpired:
+        pytest.fail("gateway still running 8 s after SIGTERM although its only request had ended")

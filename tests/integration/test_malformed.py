@@ -145,3 +145,13 @@ def test_bad_transfer_encoding_with_pooled_upstream(gateway, scripted, token, te
         gw.proc.wait(5)
     except subprocess.TimeoutExpired:
         pytest.fail("gateway did not exit within 5 s of SIGTERM")
+
+
+def test_client_abort_releases_upstream(gateway, scripted, token):
+    """When the client goes away mid-request, the gateway stops waiting for the upstream and closes that upstream
+    connection (it cannot be reused with a response still pending), rather than holding it until a timeout."""
+    gw = gateway(single_service(scripted.url, name="scripted", route_name="all", read_timeout=60000))
+    with RawConnection(gw.host, gw.port) as c:
+        c.request("GET", f"/hang?t={token}&max=60")
+        rec = scripted.request_for(token)
+    scripted.wait_closed(rec.conn_id, timeout=5)
