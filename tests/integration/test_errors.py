@@ -180,7 +180,7 @@ def test_upstream_write_timeout_504(gateway, scripted, token):
 
     gw = gateway(single_service(scripted.url, name="stuck", retries=0, write_timeout=500, read_timeout=60000))
     n = 256 << 20
-    c = RawConnection(gw.host, gw.port, timeout=20)
+    c = RawConnection(gw.host, gw.port, timeout=8)
     done = threading.Event()
 
     def send():
