@@ -150,7 +150,11 @@ def test_strip_path(shared_gateway, scripted, token):
     gw = shared_gateway(cfg)
     r = _get(gw, f"/api/echo?t={token}&k=v", [])
     assert r.status == 200
-    assert scripted.request_for(token).target == f"/echo?t={token}&k=v"
+    rec = scripted.request_for(token)
+    assert rec.target == f"/echo?t={token}&k=v"
+    # Kong: the stripped prefix and the original path travel in X-Forwarded-Prefix / X-Forwarded-Path
+    assert rec.header_all("x-forwarded-prefix") == ["/api"]
+    assert rec.header_all("x-forwarded-path") == ["/api/echo"]
 
 
 def test_service_path_prefix(shared_gateway, scripted, token):
@@ -170,3 +174,19 @@ def test_absolute_form_target(untrusted_gw, scripted, token):
     rec = scripted.request_for(token)
     assert rec.target == f"/echo?t={token}&abs=1"
     assert rec.header("x-forwarded-host") == "example.test"
+
+
+def test_real_ip_and_logged_client_from_trusted_chain(trusted_gw, scripted, token):
+    """From a trusted proxy, the client is the right-most X-Forwarded-For entry that is not itself trusted."""
+    r = _get(trusted_gw, f"/echo?t={token}", [("X-Forwarded-For", "203.0.113.7, 127.0.0.1")])
+    assert r.status == 200
+    rec = scripted.request_for(token)
+    assert rec.header_all("x-real-ip") == ["203.0.113.7"]
+    assert trusted_gw.log_for(r.header("x-request-id"))["client_ip"] == "203.0.113.7"
+
+
+def test_real_ip_and_logged_client_untrusted(untrusted_gw, scripted, token):
+    r = _get(untrusted_gw, f"/echo?t={token}", [("X-Forwarded-For", "203.0.113.7"), ("X-Real-IP", "203.0.113.8")])
+    rec = scripted.request_for(token)
+    assert rec.header_all("x-real-ip") == ["127.0.0.1"]
+    assert untrusted_gw.log_for(r.header("x-request-id"))["client_ip"] == "127.0.0.1"
