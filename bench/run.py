@@ -549,7 +549,28 @@ class Bench:
         except FileNotFoundError:
             return 0
 
+    def check_alive(self) -> None:
+        """Every child (origin, proxies) must still run; else say who died and show its output."""
+        for name, p in self.children.procs:
+            if p.poll() is not None:
+                rc = p.returncode
+                how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+                logs = [self.tmp / f for f in (f"{name}.out", f"{name}.stderr", f"{name}-main-error.log",
+                                               f"{name}-error.log")]
+                raise SetupError(
+                    f"{name} (pid {p.pid}) {how} during the benchmark. A clean exit after a 'stopping' "
+                    f"line means something sent it SIGTERM/SIGINT from outside (e.g. a `pkill -f gwanmun` "
+                    f"elsewhere on this machine).\n" + self.tails(logs, 15))
+
     def measure(self, t: Target, body: str, rnd: int) -> Measurement:
+        self.check_alive()
+        try:
+            return self._measure(t, body, rnd)
+        except SetupError:
+            self.check_alive()  # a dead child explains a failing wrk better than wrk does
+            raise
+
+    def _measure(self, t: Target, body: str, rnd: int) -> Measurement:
         url = t.url(body)
         if self.args.warmup > 0:
             w, _out, _ = self.run_wrk(url, self.args.warmup)
