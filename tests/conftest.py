@@ -46,6 +46,18 @@ def scripted():
     server.stop()
 
 
+_stale_warned: set[str] = set()
+
+
+def _check_stale(gw: Gateway) -> None:
+    """Compiled modules older than their source mean these tests run old code: say so, once per session."""
+    new = [m for m in gw.stale_modules if m not in _stale_warned]
+    if new:
+        _stale_warned.update(new)
+        warnings.warn(f"the gateway runs compiled modules older than their source: {new}; results reflect the old "
+                      "code (rebuild: pip install -e .)", stacklevel=2)
+
+
 def _stop_and_check(gw: Gateway, where: str) -> None:
     gw.stop()
     if gw.killed:
@@ -61,7 +73,9 @@ def gateway(tmp_path, request):
     def make(config: dict, name: str | None = None) -> Gateway:
         gw = Gateway(config, tmp_path, name=name or f"gw{len(started)}")
         started.append(gw)
-        return gw.start()
+        gw.start()
+        _check_stale(gw)
+        return gw
 
     yield make
     for gw in started:
@@ -80,6 +94,7 @@ def shared_gateway(tmp_path_factory):
             gw = Gateway(config, base, name=f"gw{len(cache)}")
             cache[key] = gw
             gw.start()
+            _check_stale(gw)
         return gw
 
     yield make
