@@ -40,7 +40,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _version(args: argparse.Namespace) -> int:
-    print(f"gwanmun {__version__}")
+    from .native import HOT_MODULES, status
+
+    compiled, stale = status()
+    print(f"gwanmun {__version__} (data plane: {len(compiled)}/{len(HOT_MODULES)} modules compiled with mypyc)")
+    for name in stale:
+        print(f"warning: {name} is older than its source; reinstall (pip install -e .) to rebuild", file=sys.stderr)
     return 0
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 import orjson
@@ -84,17 +84,17 @@ _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 class Exchange:
     # Per-request state. Defaults live on the class, so creating an exchange sets only what differs: on the hot
     # path that is cheaper than initialising ~45 slots.
-    rt: Runtime
+    rt: Any  # the Runtime this request started with
     request_id = ""
     host = ""
     path = ""
-    route = None
-    service: Service | None = None
-    target: Target | None = None
-    pool: Pool | None = None
-    conn: UpstreamConnection | None = None
+    route: Any = None  # routing.RouteEntry
+    service: Any = None
+    target: Any = None
+    pool: Any = None
+    conn: Any = None
     reused = False
-    parser = None
+    parser: Any = None  # httptools.HttpResponseParser of the current upstream response
     status = 0
     resp_mode = 0  # _NONE
     down_chunked = False
@@ -104,17 +104,17 @@ class Exchange:
     req_chunked = False
     req_has_body = False
     expect_continue = False
-    up_buf: list[bytes] | None = None  # bytes to write upstream at the next flush (connection attached)
-    pending: list[bytes] | None = None  # bytes waiting for a connection (None once one is attached)
+    up_buf: Any = None  # bytes to write upstream at the next flush (connection attached)
+    pending: Any = None  # bytes waiting for a connection (None once one is attached)
     pending_size = 0
-    replay: list[bytes] | None = None  # copy of what was sent, for a transparent retry; None once too big
+    replay: Any = None  # copy of what was sent, for a transparent retry; None once too big
     replay_size = 0
     bytes_in = 0
     bytes_out = 0
     t_up = 0.0
     t_up_end = 0.0
     last_io = 0.0
-    task: asyncio.Task | None = None
+    task: Any = None
     up_read_paused = False
     finished = False
     error = ""  # why the gateway answered on its own (for the error log)
@@ -380,7 +380,7 @@ class Exchange:
         conn.exchange = self
         conn.requests += 1
         self.parser = httptools.HttpResponseParser(self)
-        self.resp_headers = []
+        self.resp_headers: list = []
         self.last_io = now = conn.loop.time()
         self.t_up = perf_counter()
         due = now + self.service.read_timeout
@@ -529,7 +529,14 @@ class Exchange:
                               detail=f"{self.target.label}: {why}")
 
     def upstream_write_paused(self) -> None:
+        """The upstream stopped taking the body: stop reading it from the client, and start the write timeout."""
         self.down.pause(self.down.PAUSE_UPSTREAM)
+        conn = self.conn
+        if conn is not None:
+            self.last_io = now = conn.loop.time()
+            due = now + self.service.write_timeout
+            if conn.timer is None or conn.timer_due > due:
+                conn.watch(due)
 
     def upstream_write_resumed(self) -> None:
         self.last_io = self.down.worker.loop.time()
@@ -730,6 +737,9 @@ class Exchange:
         if not self.resp_done or not (self.req_done or not self.keep_alive):
             return
         self.finished = True
+        # The response parser holds bound methods of this exchange: a reference cycle that only the cyclic GC
+        # would free. Breaking it here lets plain reference counting free the exchange at once.
+        self.parser = None
         self.flush_downstream()
         worker = self.down.worker
         if not self.t_up_end and self.t_up:
@@ -814,7 +824,8 @@ def _absolute_form(url: bytes) -> tuple[bytes, bytes, bytes]:
     if url == b"*":
         return b"*", b"", b""
     try:
-        u = httptools.parse_url(url)
+        # Any: httptools' stub types port as int, but it is None when absent (and compiled code trusts stubs)
+        u: Any = httptools.parse_url(url)
     except httptools.HttpParserInvalidURLError as exc:
         raise ValueError(str(exc)) from None
     if not u.schema or u.schema.lower() not in (b"http", b"https") or not u.host:

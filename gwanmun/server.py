@@ -7,6 +7,7 @@ DNS cache, the access log and the request-id generator. Pools and the DNS cache 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import time
 import orjson
 import uvloop
 
+from . import native
 from .config import load_file
 from .config.compile import compile_runtime
 from .http.downstream import DownstreamProtocol
@@ -171,7 +173,15 @@ async def _serve(runtime: Runtime) -> int:
     except OSError as exc:
         event("listen_failed", logging.ERROR, error=str(exc))
         return 1
-    event("started", config=runtime.source, config_hash=runtime.config_hash[:12], pid=os.getpid())
+    # Everything built so far (config, compiled routes, pools) lives as long as the process: move it out of the
+    # cyclic GC's generations, so collections stop re-scanning 10,000 routes (the gc.freeze() idiom).
+    gc.collect()
+    gc.freeze()
+    compiled, stale = native.status()
+    if stale:
+        event("stale_compiled_modules", logging.WARNING, modules=stale, hint="reinstall: pip install -e .")
+    event("started", config=runtime.source, config_hash=runtime.config_hash[:12], pid=os.getpid(),
+          compiled=len(compiled))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 import orjson
@@ -72,7 +72,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def __init__(self, worker: Worker, port: int, scheme: str = "http") -> None:
         self.worker = worker
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = ""
         self.peer_ip_b = b""
@@ -134,6 +134,7 @@ class DownstreamProtocol(asyncio.Protocol):
             ex.finished = True
         self.queue.clear()
         self.transport = None
+        self.parser = None  # type: ignore[assignment]  # holds bound methods of this protocol: break the cycle
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.worker.loop.time()
@@ -161,10 +162,9 @@ class DownstreamProtocol(asyncio.Protocol):
             ex.flush_upstream()
 
     def eof_received(self) -> bool:
-        # Half-close from the client: answer what is in flight, then close (True keeps the transport open).
-        if self.current is not None:
-            self.closing = True
-            return True
+        # The client closed its side. As nginx (proxy_ignore_client_abort off) and Envoy do, a request in flight is
+        # abandoned (logged as 499) and its upstream connection closed, instead of waiting on the upstream for a
+        # client that has most likely gone. False: let the transport close; connection_lost aborts the exchange.
         return False
 
     # -- httptools request-parser callbacks ---------------------------------------------------------------------------
@@ -294,7 +294,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 ex.fail(status, "bad_request", message)
                 return
             ex.finished = True
-            self.queue.remove(ex)
+            if ex in self.queue:
+                self.queue.remove(ex)
         if self.current is None and not self.queue:
             self._write_error(status, message)
         else:

@@ -30,13 +30,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
         self.exchange: Any = None  # the proxy Exchange using this connection, or None when idle
         self.requests = 0  # exchanges served so far
         self.idle_since = 0.0
         self.closed = False
         self.paused = False  # upstream writes are paused: its socket buffer is full
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: Any = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = 0.0
 

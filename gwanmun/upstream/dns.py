@@ -42,6 +42,16 @@ def is_ip(host: str) -> bool:
     return True
 
 
+def _split_nameserver(ns: str) -> tuple[str, int | None]:
+    if ns.startswith("["):
+        host, _, port = ns[1:].partition("]:")
+        return host.rstrip("]"), int(port) if port else None
+    if ns.count(":") == 1:
+        host, port = ns.split(":")
+        return host, int(port)
+    return ns, None
+
+
 def read_hosts(path: str) -> dict[str, tuple[str, ...]]:
     hosts: dict[str, list[str]] = {}
     try:
@@ -79,7 +89,13 @@ class Resolver:
             except dns.resolver.NoResolverConfiguration:
                 r = dns.asyncresolver.Resolver(configure=False)
             if self.nameservers:
-                r.nameservers = [ns.split(":")[0] if ns.count(":") == 1 else ns for ns in self.nameservers]
+                ips = []
+                for ns in self.nameservers:  # "ip", "ip:port", "[v6]:port" or a bare v6 address
+                    ip, port = _split_nameserver(ns)
+                    ips.append(ip)
+                    if port:
+                        r.nameserver_ports[ip] = port
+                r.nameservers = ips
             r.lifetime = self.timeout
             self._resolver = r
         return self._resolver

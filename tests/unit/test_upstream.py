@@ -137,30 +137,22 @@ def test_unknown_name_is_a_resolve_error_and_cached_negative(tmp_path):
         asyncio.run(r.resolve("no-such-host.invalid"))  # served from the negative cache, no second wait
 
 
-class _FakeConn:
-    def __init__(self, alive=True):
-        self.alive = alive
-        self.closed = not alive
-        self.requests = 0
-        self.idle_since = 0.0
-        self.exchange = None
+def _conn(pool, alive=True):
+    """A real UpstreamConnection without a socket (the pool only looks at its flags)."""
+    from gwanmun.upstream.connection import UpstreamConnection
 
-    @property
-    def reusable(self):
-        return self.alive and not self.closed
-
-    def close(self):
-        self.closed = True
+    conn = UpstreamConnection(pool)
+    conn.closed = not alive
+    return conn
 
 
 def test_pool_lifo_caps_and_sweeps():
     pool = Pool(("h", 1), PoolSettings(max_idle=2, max_requests=3, idle_timeout=10))
-    a, b, c = _FakeConn(), _FakeConn(), _FakeConn()
+    a, b, c = _conn(pool), _conn(pool), _conn(pool)
     for conn in (a, b, c):
         pool.active += 1
         pool.release(conn, now=100.0)
     assert pool.idle == [a, b] and c.closed  # cap of 2 idle connections
-    pool.active += 0
     assert pool.acquire() is b  # warmest first
     b.requests = 3
     pool.release(b, now=105.0)
@@ -172,7 +164,20 @@ def test_pool_lifo_caps_and_sweeps():
 
 def test_pool_skips_dead_idle_connections():
     pool = Pool(("h", 1), PoolSettings())
-    dead, live = _FakeConn(alive=False), _FakeConn()
+    live = _conn(pool)
+    dead = _conn(pool, alive=False)
     pool.idle = [live, dead]
     assert pool.acquire() is live
     assert pool.idle == []
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [("10.0.0.53", ("10.0.0.53", None)), ("127.0.0.1:5353", ("127.0.0.1", 5353)), ("[::1]:53", ("::1", 53)),
+     ("::1", ("::1", None))],
+    ids=["ip", "ip-port", "v6-port", "v6"],
+)
+def test_nameserver_spec(spec, expected):
+    from gwanmun.upstream.dns import _split_nameserver
+
+    assert _split_nameserver(spec) == expected
