@@ -129,3 +129,12 @@ def test_access_log_off(gateway, scripted, tmp_path, token):
     # nothing on stdout either: give the gateway a chance to (wrongly) write, by making another request
     _send(gw, "GET", f"/echo?t={token}")
     assert not [ln for ln in gw.stdout_path.read_text().splitlines() if '"request_id"' in ln]
+
+
+def test_client_abort_logged_499(gw, scripted, token):
+    """A client that leaves before its response is logged with nginx's 499."""
+    with RawConnection(gw.host, gw.port) as c:
+        c.request("GET", f"/s/{token}/hang?t={token}&max=30")
+        scripted.request_for(token)
+    e = gw.wait_log(lambda e: token in str(e.get("path")), timeout=10, what="log line for the aborted request")
+    assert e["status"] == 499 and e["route"] == "r2"
