@@ -639,22 +639,29 @@ class Bench:
 
     def measure_quiet(self, t: Target, body: str, rnd: int) -> Measurement:
         """measure(), repeated (up to --noise-retries times) while other
-        processes ate more than --max-noise % of a CPU we use."""
+        processes ate more than --max-noise % of a CPU we use.  If every
+        attempt was noisy, the least noisy one is kept (chosen by noise, not
+        by req/s, so no target is favoured)."""
         a = self.args
+        attempts: list[Measurement] = []
         for attempt in range(a.noise_retries + 1):
             ms = self.measure(t, body, rnd)
-            noisy = ms.foreign_cpu_pct > a.max_noise or ms.steal_pct > a.max_noise
-            if not noisy:
-                return ms
+            attempts.append(ms)
+            if max(ms.foreign_cpu_pct, ms.steal_pct) <= a.max_noise:
+                break
             if attempt < a.noise_retries:
-                self.discarded.append(ms)
                 log(f"    noisy (other processes {ms.foreign_cpu_pct:.0f}%, steal {ms.steal_pct:.0f}%): "
                     f"repeating in {a.noise_wait:g} s")
                 time.sleep(a.noise_wait)
-        self.warnings.append(
-            f"{t.name}/{body} round {rnd}: other processes used {ms.foreign_cpu_pct:.0f}% of a CPU "
-            f"(steal {ms.steal_pct:.0f}%) during the measurement, even after {a.noise_retries} retries - noisy machine")
-        return ms
+        best = min(attempts, key=lambda m: max(m.foreign_cpu_pct, m.steal_pct))
+        self.discarded.extend(m for m in attempts if m is not best)
+        if max(best.foreign_cpu_pct, best.steal_pct) > a.max_noise:
+            self.warnings.append(
+                f"{t.name}/{body} round {rnd}: other processes used {best.foreign_cpu_pct:.0f}% of a CPU "
+                f"(steal {best.steal_pct:.0f}%) even in the least noisy of {len(attempts)} attempts - noisy machine")
+        elif len(attempts) > 1:
+            log(f"    kept attempt {attempts.index(best) + 1} (least noisy)")
+        return best
 
     def run(self) -> list[Measurement]:
         a = self.args
@@ -732,6 +739,10 @@ def fmt_ms(x: float) -> str:
     return f"{x:.2f} ms" if x < 10 else f"{x:.1f} ms"
 
 
+def noisy(summ: dict, body: str, targets, limit: float) -> bool:
+    return any(summ.get(body, {}).get(t, {}).get("other_cpu_pct", 0) > limit for t in targets)
+
+
 def markdown(summ: dict, meta: dict, nroutes: int) -> str:
     out = []
     a = meta["args"]
@@ -771,7 +782,9 @@ def markdown(summ: dict, meta: dict, nroutes: int) -> str:
         nd = ratio(summ, body, "nginx", "direct")
         parts = []
         if gn is not None:
-            parts.append(f"gwanmun/nginx **{gn:.2f}** {verdict(gn)}")
+            caveat = (" - NOT CONCLUSIVE: noisy machine" if noisy(summ, body, ("nginx", "gwanmun"), a["max_noise"])
+                      else "")
+            parts.append(f"gwanmun/nginx **{gn:.2f}** {verdict(gn)}{caveat}")
         if gd is not None:
             parts.append(f"gwanmun/direct {gd:.2f}")
         if nd is not None:
@@ -793,8 +806,10 @@ def markdown(summ: dict, meta: dict, nroutes: int) -> str:
             out.append(f"| {n:,}{bad} | {s['rps']:,.0f} | {s['rps_min']:,.0f}-{s['rps_max']:,.0f} | "
                        f"{fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {cpu} | {s['other_cpu_pct']:.0f}% |")
         out.append("")
+        caveat = (" - NOT CONCLUSIVE: noisy machine"
+                  if noisy(summ, "small", ("gwanmun-r10", "gwanmun-rN"), a["max_noise"]) else "")
         lines.append(f"- {nroutes:,} routes / 10 routes: **{r:.2f}** (costs {cost * 100:.1f}%) "
-                     f"{ok} (bar: at most {ROUTE_COST_BAR * 100:.0f}%)")
+                     f"{ok} (bar: at most {ROUTE_COST_BAR * 100:.0f}%){caveat}")
     out.extend(lines)
     out.append("")
     out.append("_proxy CPU: CPU used by the proxy process tree (100% = its whole core). noise: CPU used by "
