@@ -19,6 +19,8 @@ HOT_MODULES = [
     "gwanmun/observability/accesslog.py",
     "gwanmun/upstream/connection.py",
     "gwanmun/upstream/pool.py",
+    "gwanmun/upstream/balancer.py",
+    "gwanmun/routing/paths.py",
 ]
 
 

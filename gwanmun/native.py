@@ -15,6 +15,8 @@ HOT_MODULES = (
     "gwanmun.observability.accesslog",
     "gwanmun.upstream.connection",
     "gwanmun.upstream.pool",
+    "gwanmun.upstream.balancer",
+    "gwanmun.routing.paths",
 )
 
 

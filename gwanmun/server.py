@@ -22,6 +22,7 @@ from . import native
 from .config import load_file
 from .config.compile import compile_runtime
 from .http.downstream import DownstreamProtocol
+from .proxy import RequestIds
 from .observability.accesslog import AccessLog
 from .runtime import Runtime, RuntimeHolder
 from .upstream.dns import Resolver
@@ -77,14 +78,7 @@ class Worker:
         self.access_log = AccessLog(gw.access_log, loop)
         self.connections: set[DownstreamProtocol] = set()
         self.servers: list[asyncio.AbstractServer] = []
-        # Request ids: a random per-process prefix and a counter. Unique across workers and nodes, and unlike
-        # uuid4() it costs no getrandom() syscall per request.
-        self._rid_prefix = os.urandom(8).hex()
-        self._rid_counter = 0
-
-    def next_request_id(self) -> str:
-        self._rid_counter += 1
-        return f"{self._rid_prefix}{self._rid_counter:08x}"
+        self.next_request_id = RequestIds().next
 
     async def start(self) -> list[str]:
         self.pools.start(self.loop)
