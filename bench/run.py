@@ -696,13 +696,17 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def summarise(results: list[Measurement]) -> dict:
-    """Median per (body, target) over rounds."""
+def summarise(results: list[Measurement], max_noise: float) -> dict:
+    """Median per (body, target) over rounds: over the quiet rounds (noise <=
+    max_noise) if there is at least one, else over all rounds.  Invalid
+    rounds are never dropped: they make the whole run invalid anyway."""
     groups: dict[tuple[str, str], list[Measurement]] = {}
     for m in results:
         groups.setdefault((m.body, m.target), []).append(m)
     summ = {}
-    for (body, target), ms in groups.items():
+    for (body, target), all_ms in groups.items():
+        quiet = [m for m in all_ms if max(m.foreign_cpu_pct, m.steal_pct) <= max_noise]
+        ms = quiet or all_ms
         rps = [m.rps for m in ms]
         cpu = [m.proxy_cpu_pct for m in ms if m.proxy_cpu_pct is not None]
         summ.setdefault(body, {})[target] = {
@@ -712,8 +716,10 @@ def summarise(results: list[Measurement]) -> dict:
             "load_cpu_pct": med([m.load_cpu_pct for m in ms]),
             "other_cpu_pct": med([m.foreign_cpu_pct for m in ms]),
             "other_cpu_pct_max": max(m.foreign_cpu_pct for m in ms),
-            "rounds": len(ms),
-            "invalid": sorted({r for m in ms for r in m.invalid_reasons}),
+            "rounds": len(all_ms),
+            "quiet_rounds": len(quiet),
+            "rounds_used": [m.round for m in ms],
+            "invalid": sorted({r for m in all_ms for r in m.invalid_reasons}),
         }
     return summ
 
@@ -739,8 +745,13 @@ def fmt_ms(x: float) -> str:
     return f"{x:.2f} ms" if x < 10 else f"{x:.1f} ms"
 
 
-def noisy(summ: dict, body: str, targets, limit: float) -> bool:
-    return any(summ.get(body, {}).get(t, {}).get("other_cpu_pct", 0) > limit for t in targets)
+def noise_cell(s: dict) -> str:
+    return f"{s['other_cpu_pct']:.0f}% ({s['quiet_rounds']}/{s['rounds']} quiet)"
+
+
+def noisy(summ: dict, body: str, targets) -> bool:
+    """True if a target has no quiet round at all."""
+    return any(summ.get(body, {}).get(t, {}).get("quiet_rounds", 1) == 0 for t in targets)
 
 
 def markdown(summ: dict, meta: dict, nroutes: int) -> str:
@@ -770,7 +781,7 @@ def markdown(summ: dict, meta: dict, nroutes: int) -> str:
             bad = " **INVALID**" if s["invalid"] else ""
             out.append(
                 f"| {BODIES[body][2]} | {t}{bad} | {s['rps']:,.0f} | {s['rps_min']:,.0f}-{s['rps_max']:,.0f} | "
-                f"{fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {cpu} | {s['other_cpu_pct']:.0f}% | "
+                f"{fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {cpu} | {noise_cell(s)} | "
                 f"{f'{vn:.2f}' if vn is not None else '-'} | {f'{vd:.2f}' if vd is not None else '-'} |")
     out.append("")
     lines = []
@@ -782,7 +793,7 @@ def markdown(summ: dict, meta: dict, nroutes: int) -> str:
         nd = ratio(summ, body, "nginx", "direct")
         parts = []
         if gn is not None:
-            caveat = (" - NOT CONCLUSIVE: noisy machine" if noisy(summ, body, ("nginx", "gwanmun"), a["max_noise"])
+            caveat = (" - NOT CONCLUSIVE: noisy machine" if noisy(summ, body, ("nginx", "gwanmun"))
                       else "")
             parts.append(f"gwanmun/nginx **{gn:.2f}** {verdict(gn)}{caveat}")
         if gd is not None:
@@ -804,16 +815,17 @@ def markdown(summ: dict, meta: dict, nroutes: int) -> str:
             bad = " **INVALID**" if s["invalid"] else ""
             cpu = f"{s['proxy_cpu_pct']:.0f}%" if s["proxy_cpu_pct"] is not None else "-"
             out.append(f"| {n:,}{bad} | {s['rps']:,.0f} | {s['rps_min']:,.0f}-{s['rps_max']:,.0f} | "
-                       f"{fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {cpu} | {s['other_cpu_pct']:.0f}% |")
+                       f"{fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {cpu} | {noise_cell(s)} |")
         out.append("")
         caveat = (" - NOT CONCLUSIVE: noisy machine"
-                  if noisy(summ, "small", ("gwanmun-r10", "gwanmun-rN"), a["max_noise"]) else "")
+                  if noisy(summ, "small", ("gwanmun-r10", "gwanmun-rN")) else "")
         lines.append(f"- {nroutes:,} routes / 10 routes: **{r:.2f}** (costs {cost * 100:.1f}%) "
                      f"{ok} (bar: at most {ROUTE_COST_BAR * 100:.0f}%){caveat}")
     out.extend(lines)
     out.append("")
     out.append("_proxy CPU: CPU used by the proxy process tree (100% = its whole core). noise: CPU used by "
-               "processes outside the benchmark on the cores this target uses (median over rounds)._")
+               "processes outside the benchmark on the cores this target uses, and how many rounds were quiet "
+               "(at most --max-noise); medians are over the quiet rounds when there is one._")
     return "\n".join(out) + "\n"
 
 
@@ -941,7 +953,7 @@ def main(argv=None) -> int:
     finally:
         bench.cleanup()
 
-    summ = summarise(results)
+    summ = summarise(results, args.max_noise)
     md = markdown(summ, meta, args.routes)
     invalid = sorted({f"{m.target}/{m.body} round {m.round}: {r}" for m in results for r in m.invalid_reasons})
     if invalid:
