@@ -602,8 +602,9 @@ class Bench:
             reasons.append("socket errors " + ", ".join(f"{k}={v}" for k, v in sock.items()))
         if res["requests"] == 0:
             reasons.append("no requests completed")
-        if t.access_log is not None and lines == 0:
-            self.warnings.append(f"{t.name}/{body} round {rnd}: access log {t.access_log.name} got no lines")
+        if t.access_log is not None and lines is not None and lines < 0.9 * res["requests"]:
+            self.warnings.append(f"{t.name}/{body} round {rnd}: access log {t.access_log.name} got {lines} lines "
+                                 f"for {res['requests']} requests - is access logging really on?")
         ms = Measurement(
             target=t.name, body=body, round=rnd, requests=res["requests"], duration_s=dur,
             rps=res["requests"] / dur if dur else 0.0, p50_ms=lat["p50"], p99_ms=lat["p99"], lat=lat,
