@@ -139,11 +139,13 @@ def pool_settings(gw) -> PoolSettings:
 
 
 def split_listen(listen: str) -> tuple[str, int]:
-    """``0.0.0.0:8000`` / ``[::]:8000`` / ``:8000`` -> (host, port)."""
+    """``0.0.0.0:8000`` / ``[::]:8000`` / ``:8000`` / ``*:8000`` -> (host, port)."""
     host, _, port = listen.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return host or "0.0.0.0", int(port)
+    if host in ("", "*"):
+        host = "0.0.0.0"
+    return host, int(port)
 
 
 def run(config_path: str) -> int:

@@ -54,6 +54,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "max_url",
         "max_head",
         "max_headers",
+        "keepalive",
         "current",
         "parsing",
         "queue",
@@ -110,6 +111,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.max_url = settings.max_request_line
         self.max_head = settings.max_header_size
         self.max_headers = settings.max_headers
+        self.keepalive = settings.keepalive_timeout > 0
         peer = self.peer_ip_b
         # Forwarding headers that are the same for every request of an untrusted client: built once here.
         self.forwarded = b"".join(
@@ -187,7 +189,8 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        keep_alive = parser.should_keep_alive() and not self.closing
+        # keepalive_timeout 0 disables client keep-alive, as in nginx
+        keep_alive = parser.should_keep_alive() and not self.closing and self.keepalive
         ex = Exchange(
             self,
             self.worker.holder.current,

@@ -17,8 +17,8 @@ from .connection import UpstreamConnection
 @dataclass(slots=True)
 class PoolSettings:
     max_idle: int = 512  # idle connections kept per target (Kong: upstream_keepalive_pool_size); 0 disables reuse
-    max_requests: int = 10000  # requests per connection before it is closed (upstream_keepalive_max_requests)
-    idle_timeout: float = 60.0  # seconds an idle connection is kept (upstream_keepalive_idle_timeout)
+    max_requests: int = 10000  # requests per connection before it is closed (upstream_keepalive_max_requests); 0: no limit
+    idle_timeout: float = 60.0  # seconds an idle connection is kept (upstream_keepalive_idle_timeout); 0: forever
 
 
 class Pool:
@@ -59,7 +59,11 @@ class Pool:
         self.active -= 1
         conn.exchange = None
         s = self.settings
-        if not conn.closed and conn.requests < s.max_requests and len(self.idle) < s.max_idle:
+        if (
+            not conn.closed
+            and (s.max_requests == 0 or conn.requests < s.max_requests)  # Kong: 0 = no limit
+            and len(self.idle) < s.max_idle
+        ):
             conn.idle_since = now
             self.idle.append(conn)
         else:
@@ -78,6 +82,8 @@ class Pool:
             pass
 
     def sweep(self, now: float) -> None:
+        if self.settings.idle_timeout <= 0:
+            return  # Kong: 0 keeps idle connections open indefinitely
         limit = now - self.settings.idle_timeout
         idle = self.idle
         # idle is ordered by idle_since (appended at release), oldest first
@@ -123,7 +129,8 @@ class Pools:
         now = loop.time()
         for pool in self._pools.values():
             pool.sweep(now)
-        period = max(0.05, min(1.0, self.settings.idle_timeout / 4))
+        idle = self.settings.idle_timeout
+        period = max(0.05, min(1.0, idle / 4)) if idle > 0 else 1.0
         self._sweeper = loop.call_later(period, self._sweep, loop)
 
     def close(self) -> None:

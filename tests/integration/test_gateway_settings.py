@@ -147,3 +147,14 @@ def test_access_log_error_field(gateway, scripted, refusing_port):
     r = _get(gw, "/up/echo")
     e = gw.log_for(r.header("x-request-id"))
     assert r.status == 200 and not e.get("error"), e
+
+
+def test_keepalive_timeout_zero_disables_client_keepalive(gateway, scripted, token):
+    """nginx semantics: keepalive_timeout 0 closes the client connection after each response."""
+    gw = gateway(_svc(scripted, keepalive_timeout=0))
+    with gw.raw() as c:
+        c.request("GET", f"/echo?t={token}")
+        r = c.read_response()
+        assert r.status == 200
+        assert dict((k.lower(), v) for k, v in r.headers).get("connection", "").lower() == "close"
+        assert c.peer_closed(5)

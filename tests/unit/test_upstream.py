@@ -181,3 +181,27 @@ def test_nameserver_spec(spec, expected):
     from gwanmun.upstream.dns import _split_nameserver
 
     assert _split_nameserver(spec) == expected
+
+
+def test_pool_zero_settings_follow_kong():
+    """upstream_keepalive_max_requests 0 = no limit; upstream_keepalive_idle_timeout 0 = never close idle."""
+    pool = Pool(("h", 1), PoolSettings(max_idle=4, max_requests=0, idle_timeout=0))
+    conn = _conn(pool)
+    conn.requests = 10**6
+    pool.active += 1
+    pool.release(conn, now=1.0)
+    assert pool.idle == [conn] and not conn.closed
+    pool.sweep(now=10**9)
+    assert pool.idle == [conn] and not conn.closed
+
+
+@pytest.mark.parametrize(
+    "listen,expected",
+    [("0.0.0.0:8000", ("0.0.0.0", 8000)), (":8000", ("0.0.0.0", 8000)), ("*:8000", ("0.0.0.0", 8000)),
+     ("[::]:8443", ("::", 8443)), ("127.0.0.1:0", ("127.0.0.1", 0))],
+    ids=["any", "bare-port", "star", "v6", "port-0"],
+)
+def test_split_listen(listen, expected):
+    from gwanmun.server import split_listen
+
+    assert split_listen(listen) == expected
