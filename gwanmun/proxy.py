@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from .runtime import Runtime, Service
     from .upstream.balancer import Target
     from .upstream.connection import UpstreamConnection
-    from .upstream.pool import Pool
 
 log = logging.getLogger("gwanmun.proxy")
 
@@ -686,12 +685,19 @@ class Exchange:
                 conn.transport.resume_reading()
 
     def _upstream_failed(self, status: int, code: str, message: str, detail: str = "") -> None:
+        if self.conn is not None:
+            self.t_up_end = perf_counter()
+        self.fail(status, code, message, detail=detail)
+
+    def _drop_upstream(self) -> None:
+        """Stop a connect in progress and close the upstream connection: with a response pending it is unusable."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
         conn = self.conn
         if conn is not None:
             self.conn = None
-            self.t_up_end = perf_counter()
             self.pool.drop(conn)
-        self.fail(status, code, message, detail=detail)
 
     def fail(self, status: int, code: str, message: str, detail: str = "") -> None:
         """Answer with a JSON error, or, if the response has begun, cut the client connection."""
@@ -700,13 +706,7 @@ class Exchange:
         self.error = detail or message
         if detail:
             log.warning("request %s: %s (%s)", self.request_id, message, detail)
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            self.pool.drop(conn)
+        self._drop_upstream()
         if self.head_sent:
             self.keep_alive = False
             self.resp_done = True
@@ -752,13 +752,7 @@ class Exchange:
         """The client connection is gone: drop the upstream side, log what we know."""
         if self.finished:
             return
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            self.pool.drop(conn)
+        self._drop_upstream()
         if not self.status:
             self.status = 499  # nginx's "client closed request"
         self.resp_done = self.req_done = True

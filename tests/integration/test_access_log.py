@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 
 import pytest
 
 from tests.fixtures.gateway import ACCESS_LOG_KEYS, route, service
-from tests.fixtures.rawhttp import RawConnection, wait_for
+from tests.fixtures.rawhttp import RawConnection
 
 
 @pytest.fixture

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import gzip
-import json
-import socket
-import threading
-import time
 
 import pytest
 
 from tests.fixtures.rawhttp import PeerClosed, RawConnection, chunked, crc32_of
-from tests.fixtures.upstreams import GZIP_BODY, BlackholePort, pattern_bytes, pattern_crc32
+from tests.fixtures.upstreams import GZIP_BODY, pattern_bytes, pattern_crc32
 
 
 def test_httpbin_serves_get(httpbin):
