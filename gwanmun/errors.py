@@ -1,9 +1,8 @@
-"""Errors shared by the config layer and the data plane.
+"""Config errors.
 
-Two families:
-- ``ConfigError``: a config was rejected. It carries every problem found, each with its field path and, where the
-  source is a file, the line, so `gwanmun validate` can list them all at once.
-- ``GatewayError``: a request failed in the gateway. It maps to an HTTP status and a JSON body with a request id.
+``ConfigError``: a config was rejected. It carries every problem found, each with its field path and, where the
+source is a file, the line, so `gwanmun validate` can list them all at once. (Request errors are answered by
+``proxy.Exchange.fail`` as JSON bodies with the request id.)
 """
 
 from __future__ import annotations
@@ -51,19 +50,3 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(str(i) for i in self.issues) or "invalid config"
-
-
-class GatewayError(Exception):
-    """A request failed inside the gateway; rendered as a JSON error response.
-
-    ``status`` is the HTTP status sent downstream, ``code`` a short stable token for logs and clients, ``message`` a
-    human sentence that never contains secrets.
-    """
-
-    __slots__ = ("status", "code", "message")
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import httptools
 import orjson
 
-from .errors import GatewayError
 from .http.wire import (
     HOP_BY_HOP,
     IDEMPOTENT,
@@ -791,11 +790,6 @@ def error_head(status: int, length: int, request_id: str, keep_alive: bool) -> b
             b"\r\n",
         )
     )
-
-
-def gateway_error_response(exc: GatewayError, request_id: str) -> bytes:
-    body = orjson.dumps({"message": exc.message, "request_id": request_id})
-    return error_head(exc.status, len(body), request_id, False) + body
 
 
 # ---------------------------------------------------------------------------------------------------------------------

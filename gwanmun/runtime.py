@@ -8,7 +8,7 @@ reload never changes the rules under a request in flight.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .upstream.balancer import RoundRobin
@@ -64,7 +64,6 @@ class Runtime:
     config_hash: str = ""
     source: str = ""
     gateway: Any = None  # the validated GatewayConfig, for what only the server reads (listeners, logs, pools)
-    extras: dict = field(default_factory=dict)
 
 
 class RuntimeHolder:

@@ -116,7 +116,3 @@ class UpstreamConnection(asyncio.Protocol):
         t = self.transport
         if t is not None:
             t.abort()
-
-    @property
-    def reusable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
