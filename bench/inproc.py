@@ -1,0 +1,92 @@
+"""CPU cost of gwanmun's own code per proxied request, without sockets or the kernel.
+
+    python bench/inproc.py [--requests 200000] [--profile]
+
+Drives the real downstream protocol, exchange and upstream connection with in-memory transports: one GET and one
+12-byte upstream response per iteration, through the real config, router and access log. It reports CPU
+microseconds per request (process_time, so other load on the machine matters little), with the access log off and
+on. This is the number to move when optimising the request path: `bench/run.py` measures the whole (kernel + event
+loop + this), and a bare uvloop + httptools proxy (`bench/floor_proxy.py`) shows the floor of the rest.
+`--profile` samples it with py-spy (`pip install py-spy`; it sees compiled mypyc functions too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import uvloop
+
+from gwanmun.config import load_text
+from gwanmun.config.compile import compile_runtime
+from gwanmun.http.downstream import DownstreamProtocol
+from gwanmun.native import HOT_MODULES, status
+from gwanmun.server import Worker
+from gwanmun.upstream.connection import UpstreamConnection
+
+CONFIG = """_format_version: "3.0"
+gateway: {{access_log: "{log}", upstream_keepalive_max_requests: 0}}
+services: [{{name: origin, url: "http://127.0.0.1:18081", routes: [{{name: r0, paths: ["/"]}}]}}]
+"""
+REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 21 Nov 2026 23:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n")
+
+
+class NullTransport:
+    def write(self, data): pass
+    def is_closing(self): return False
+    def get_extra_info(self, key, default=None): return ("127.0.0.1", 50000) if key == "peername" else default
+    def pause_reading(self): pass
+    def resume_reading(self): pass
+    def close(self): pass
+    def abort(self): pass
+
+
+async def measure(n: int, log: str) -> float:
+    worker = Worker(compile_runtime(load_text(CONFIG.format(log=log))), asyncio.get_running_loop())
+    down = DownstreamProtocol(worker, 8000)
+    down.connection_made(NullTransport())
+    pool = worker.pools.get("127.0.0.1", 18081)
+    conn = UpstreamConnection(pool)
+    conn.connection_made(NullTransport())
+    pool.idle.append(conn)
+    t = time.process_time()
+    for _ in range(n):
+        down.data_received(REQUEST)
+        conn.data_received(RESPONSE)
+    us = (time.process_time() - t) / n * 1e6
+    worker.access_log.close()
+    return us
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=200_000)
+    p.add_argument("--profile", action="store_true", help="sample a longer run with py-spy --native")
+    args = p.parse_args()
+    compiled, stale = status()
+    print(f"data plane: {len(compiled)}/{len(HOT_MODULES)} modules compiled" + (f"; STALE: {stale}" if stale else ""))
+    uvloop.install()
+    if args.profile:
+        out = os.path.join(tempfile.gettempdir(), "gwanmun-inproc.svg")
+        child = subprocess.Popen([sys.executable, __file__, "--requests", str(args.requests * 20)])
+        time.sleep(1.5)
+        subprocess.run(["py-spy", "record", "--native", "-p", str(child.pid), "-d", "5", "-o", out], check=False)
+        child.kill()
+        print(f"flame graph: {out}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        off = asyncio.run(measure(args.requests, "off"))
+        on = asyncio.run(measure(args.requests, os.path.join(tmp, "access.log")))
+    print(f"{off:.2f} us/request with the access log off, {on:.2f} us/request with it on")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
