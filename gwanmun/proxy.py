@@ -35,7 +35,7 @@ from .http.wire import (
 )
 from .routing.paths import upstream_path
 from .routing.router import requires_https
-from .upstream.dns import ResolveError, is_ip
+from .upstream.dns import ResolveError
 
 if TYPE_CHECKING:
     from .http.downstream import DownstreamProtocol
@@ -307,8 +307,15 @@ class Exchange:
         self.bytes_in += len(head)  # approximates the client's head size; exact enough for bandwidth
 
         pending = self.pending
-        pool = self.pool = target.pool or down.worker.pools.for_target(target)
-        conn = pool.acquire()
+        if target.named:
+            # Kong's rule: a name is resolved for every request (from the TTL cache), and connections are pooled
+            # per resolved address, so a DNS change moves new requests at once.
+            addr = down.worker.resolver.cached(target.host)
+            pool = down.worker.pools.get(addr, target.port) if addr is not None else None
+        else:
+            pool = target.pool or down.worker.pools.for_target(target)
+        self.pool = pool
+        conn = pool.acquire() if pool is not None else None
         if conn is not None:
             self.reused = True
             self.pending = None
@@ -397,9 +404,13 @@ class Exchange:
             if attempt:
                 target = svc.balancer.pick() or target
                 self.target = target
-            pool = target.pool or worker.pools.for_target(target)
             try:
-                addr = target.host if is_ip(target.host) else await worker.resolver.resolve(target.host)
+                if target.named:
+                    addr = await worker.resolver.resolve(target.host)
+                    pool = worker.pools.get(addr, target.port)
+                else:
+                    pool = target.pool or worker.pools.for_target(target)
+                    addr = target.host
                 conn = await pool.connect(addr, target.port, svc.connect_timeout)
             except ResolveError as exc:
                 if self.finished:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .dns import is_ip
+
 
 @dataclass(eq=False, slots=True)
 class Target:
@@ -19,12 +21,14 @@ class Target:
     weight: int = 100
     host_header: bytes = b""  # value of Host sent upstream when the route does not preserve the client's
     label: str = ""  # "host:port", for logs
-    pool: Any = None  # the worker's keep-alive pool for this address, bound on first use
+    pool: Any = None  # an IP target's keep-alive pool in this worker, bound on first use
+    named: bool = False  # the host is a DNS name: resolved (from the cache) on every request
 
     def __post_init__(self) -> None:
         if not self.label:
             h = f"[{self.host}]" if ":" in self.host else self.host
             self.label = f"{h}:{self.port}"
+        self.named = not is_ip(self.host)
 
 
 @dataclass(eq=False, slots=True)
