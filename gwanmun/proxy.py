@@ -304,7 +304,6 @@ class Exchange:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         parts.append(b"\r\n")
         head = b"".join(parts)
-        self.bytes_in += len(head)  # approximates the client's head size; exact enough for bandwidth
 
         pending = self.pending
         if target.named:
@@ -643,13 +642,11 @@ class Exchange:
             self.out.append(LAST_CHUNK)
         self.resp_done = True
         self._release_upstream()
-        if self.req_done or not self.req_has_body:
-            self._finish()
-        else:
+        if self.req_has_body and not self.req_done:
             # The upstream answered before the request body ended: close the client connection after the reply
             # rather than read and drop a body of unknown size.
             self.keep_alive = False
-            self._finish()
+        self._finish()
 
     def flush_downstream(self) -> None:
         out = self.out
@@ -727,14 +724,16 @@ class Exchange:
         if not self.request_id:
             self.request_id = self.down.worker.next_request_id()
         self.status = status
-        if not self.req_done and self.req_has_body:
+        if self.down.closing or (self.req_has_body and not self.req_done):
             self.keep_alive = False
         body = orjson.dumps({"message": message, "request_id": self.request_id})
-        head = error_head(status, len(body), self.request_id, self.keep_alive and not self.down.closing)
-        if self.keep_alive and self.version == "1.0":
-            head = head[:-2] + b"Connection: keep-alive\r\n\r\n"
-        if self.down.closing:
-            self.keep_alive = False
+        if not self.keep_alive:
+            connection = b"Connection: close\r\n"
+        elif self.version == "1.0":
+            connection = b"Connection: keep-alive\r\n"
+        else:
+            connection = b""
+        head = error_head(status, len(body), self.request_id, connection)
         self.out.append(head if self.method == "HEAD" else head + body)
         self.bytes_out += len(head) + len(body)
         self.head_sent = True
@@ -789,7 +788,8 @@ class RequestIds:
         return self.prefix + str(self.count)
 
 
-def error_head(status: int, length: int, request_id: str, keep_alive: bool) -> bytes:
+def error_head(status: int, length: int, request_id: str, connection: bytes) -> bytes:
+    """Head of a JSON error response; ``connection`` is a whole ``Connection:`` line, or b"" for none."""
     return b"".join(
         (
             status_line(status),
@@ -797,7 +797,8 @@ def error_head(status: int, length: int, request_id: str, keep_alive: bool) -> b
             str(length).encode(),
             b"\r\nX-Request-ID: ",
             request_id.encode("latin-1"),
-            b"\r\n" if keep_alive else b"\r\nConnection: close\r\n",
+            b"\r\n",
+            connection,
             b"\r\n",
         )
     )

@@ -201,6 +201,8 @@ class DownstreamProtocol(asyncio.Protocol):
             keep_alive,
             self.t0,
         )
+        # bytes received for this head: request line ("M URL HTTP/1.x" + CRLF), header lines, blank line
+        ex.bytes_in = len(ex.method) + len(self.url) + 12 + self.head_size + 2
         self.url = b""
         self.headers = []
         self.head_size = 0
@@ -277,8 +279,6 @@ class DownstreamProtocol(asyncio.Protocol):
                     self.pending_error = None
                     self._write_error(status, message)
                     return
-                if self.closing:
-                    self.close()
                 break
         finally:
             self._advancing = False
@@ -310,7 +310,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         rid = self.worker.next_request_id()
         body = orjson.dumps({"message": message, "request_id": rid})
-        t.write(error_head(status, len(body), rid, False) + body)
+        t.write(error_head(status, len(body), rid, b"Connection: close\r\n") + body)
         self.worker.access_log.write_error(self, status, rid, len(body))
         self.close()
 

@@ -213,3 +213,10 @@ def test_invalid_upstream_response_is_502_json(rig):
     line, fields, body = head_of(rig.client.take())
     assert line == b"HTTP/1.1 502 Bad Gateway" and fields[b"content-type"].startswith(b"application/json")
     assert b'"request_id"' in body and rig.conn.closed
+
+
+def test_bytes_in_counts_what_the_client_sent(rig):
+    """The access log's bytes_in is the client's request (head and body), not the rewritten upstream head."""
+    raw = b"POST /upload?x=1 HTTP/1.1\r\nHost: gw.example\r\nUser-Agent: t\r\nContent-Length: 5\r\n\r\nhello"
+    rig.send(raw)
+    assert rig.down.current.bytes_in == len(raw)
