@@ -16,6 +16,9 @@ from setuptools.command.build_ext import build_ext
 HOT_MODULES = [
     "gwanmun/proxy.py",
     "gwanmun/http/downstream.py",
+    "gwanmun/http/wire.py",
+    "gwanmun/http/normalize.py",
+    "gwanmun/http/validate.py",
     "gwanmun/observability/accesslog.py",
     "gwanmun/upstream/connection.py",
     "gwanmun/upstream/pool.py",

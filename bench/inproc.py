@@ -1,6 +1,6 @@
 """CPU cost of gwanmun's own code per proxied request, without sockets or the kernel.
 
-    python bench/inproc.py [--requests 200000] [--profile]
+    python bench/inproc.py [--requests 200000] [--profile | --instructions]
 
 Drives the real downstream protocol, exchange and upstream connection with in-memory transports: one GET and one
 12-byte upstream response per iteration, through the real config, router and access log. It reports CPU
@@ -8,6 +8,9 @@ microseconds per request (process_time, so other load on the machine matters lit
 on. This is the number to move when optimising the request path: `bench/run.py` measures the whole (kernel + event
 loop + this), and a bare uvloop + httptools proxy (`bench/floor_proxy.py`) shows the floor of the rest.
 `--profile` samples it with py-spy (`pip install py-spy`; it sees compiled mypyc functions too).
+`--instructions` counts instructions per request under valgrind's callgrind instead (two runs of different length,
+differenced, so start-up cancels out): slow, but repeatable to a fraction of a percent whatever else the machine is
+doing, which CPU time on a shared 2-core machine is not.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -69,7 +73,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=200_000)
     p.add_argument("--profile", action="store_true", help="sample a longer run with py-spy --native")
+    p.add_argument("--instructions", action="store_true", help="count instructions per request with callgrind")
+    p.add_argument("--log", choices=("off", "on", "both"), default="both")
     args = p.parse_args()
+    if args.instructions:
+        return instructions(("off", "on") if args.log == "both" else (args.log,))
     compiled, stale = status()
     print(f"data plane: {len(compiled)}/{len(HOT_MODULES)} modules compiled" + (f"; STALE: {stale}" if stale else ""))
     uvloop.install()
@@ -82,9 +90,27 @@ def main() -> int:
         print(f"flame graph: {out}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        off = asyncio.run(measure(args.requests, "off"))
-        on = asyncio.run(measure(args.requests, os.path.join(tmp, "access.log")))
-    print(f"{off:.2f} us/request with the access log off, {on:.2f} us/request with it on")
+        if args.log in ("off", "both"):
+            print(f"{asyncio.run(measure(args.requests, 'off')):.2f} us/request with the access log off")
+        if args.log in ("on", "both"):
+            on = asyncio.run(measure(args.requests, os.path.join(tmp, "access.log")))
+            print(f"{on:.2f} us/request with the access log on")
+    return 0
+
+
+def instructions(logs: tuple[str, ...], short: int = 2000, long: int = 12000) -> int:
+    """Instructions per request: callgrind totals of a long and a short run, differenced."""
+    for log in logs:
+        totals = []
+        for n in (short, long):
+            run = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+                 "--requests", str(n), "--log", log],
+                capture_output=True, text=True, check=True,
+            )
+            refs = re.search(r"Collected : (\d+)", run.stderr) or re.search(r"refs:\s+([\d,]+)", run.stderr)
+            totals.append(int(refs.group(1).replace(",", "")))
+        print(f"{(totals[1] - totals[0]) / (long - short):,.0f} instructions/request with the access log {log}")
     return 0
 
 

@@ -286,13 +286,14 @@ def yq(s: str) -> str:
     return json.dumps(s)
 
 
-def gwanmun_config(port: int, origin_port: int, access_log: Path, nroutes: int | None) -> str:
+def gwanmun_config(port: int, origin_port: int, access_log: Path, nroutes: int | None, workers: int = 1) -> str:
     """Kong 3.x declarative config.  nroutes=None: a single catch-all route
     (the main comparison).  Otherwise nroutes realistic routes, the last one
     being the benchmarked route BENCH_ROUTE_PREFIX."""
     lines = [
         '_format_version: "3.0"',
         "gateway:",
+        f"  workers: {workers}  # as many as the nginx it is compared with (--workers; the default is one per CPU)",
         f"  listen: [{yq(f'127.0.0.1:{port}')}]",
         f"  access_log: {yq(str(access_log))}",
         "services:",
@@ -430,7 +431,7 @@ class Bench:
     def start_gwanmun(self, name: str, port: int, nroutes: int | None) -> Target:
         access_log = self.tmp / f"{name}-access.log"
         cfg = self.tmp / f"{name}.yaml"
-        cfg.write_text(gwanmun_config(port, self.origin_port, access_log, nroutes))
+        cfg.write_text(gwanmun_config(port, self.origin_port, access_log, nroutes, self.args.workers))
         cmd = self.args.gwanmun_cmd.format(python=shlex.quote(sys.executable), config=shlex.quote(str(cfg)))
         argv = self.pinned(self.args.proxy_cpu, shlex.split(cmd))
         env = dict(os.environ)
@@ -476,6 +477,7 @@ class Bench:
             acc = self.tmp / "nginx-access.log"
             p = self.start_nginx("nginx", PROXY_TMPL, a.proxy_cpu,
                                  {"ORIGIN_PORT": str(ports["origin"]), "ACCESS_LOG": str(acc),
+                                  "WORKERS": str(a.workers),
                                   "ACCESS_LOG_OPTS": (f" buffer={a.nginx_log_buffer} flush=100ms"
                                                       if a.nginx_log_buffer else "")},
                                  ports["nginx"])
@@ -857,7 +859,7 @@ def collect_meta(args: argparse.Namespace, b: Bench) -> dict:
     except Exception:  # noqa: BLE001
         commit = "?"
     pin = (f"proxy on CPU {args.proxy_cpu}, origin + wrk on CPU {args.load_cpu}" if not args.no_pin
-           else "no CPU pinning")
+           else "no CPU pinning") + (f"; {args.workers} workers each for nginx and gwanmun" if args.workers > 1 else "")
     return {
         "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "git_commit": commit,
@@ -892,6 +894,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy under test (default 0)")
     p.add_argument("--load-cpu", type=int, default=1, help="CPU for origin + wrk (default 1)")
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes for nginx and gwanmun alike (default 1); more than 1 implies --no-pin")
     p.add_argument("--nginx-log-buffer", metavar="SIZE",
                    help="give nginx's access_log buffer=SIZE flush=100ms (e.g. 64k, like gwanmun's "
                         "batched log); default: unbuffered, one write per request")
@@ -905,6 +909,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", default=str(BENCH_DIR / "results"))
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     a = p.parse_args(argv)
+    if a.workers < 1:
+        p.error("--workers must be at least 1")
+    if a.workers > 1:
+        a.no_pin = True  # several workers share the machine's CPUs with the load side
     if a.duration is None:
         a.duration = 3.0 if a.quick else 10.0
     if a.rounds is None:

@@ -12,6 +12,9 @@ import os
 HOT_MODULES = (
     "gwanmun.proxy",
     "gwanmun.http.downstream",
+    "gwanmun.http.wire",
+    "gwanmun.http.normalize",
+    "gwanmun.http.validate",
     "gwanmun.observability.accesslog",
     "gwanmun.upstream.connection",
     "gwanmun.upstream.pool",

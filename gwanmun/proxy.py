@@ -2,7 +2,7 @@
 
 An ``Exchange`` is a callback-driven state machine. On the fast path (a pooled upstream connection is idle) it runs
 without creating a task or a future: the downstream parser calls ``start``, ``request_body`` and ``request_done``;
-the upstream parser (one fresh httptools parser per exchange, with the exchange as its protocol) calls
+the upstream parser (owned by the upstream connection, which passes its callbacks on) calls
 ``on_header``, ``on_headers_complete``, ``on_body`` and ``on_message_complete``. Only opening a new upstream
 connection (DNS, connect, retries) runs as a task.
 
@@ -20,20 +20,39 @@ import asyncio
 import logging
 import os
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 import orjson
 
 from .http.wire import (
-    HOP_BY_HOP,
+    F_CL,
+    F_CONNECTION,
+    F_EXPECT,
+    F_FORWARD,
+    F_FORWARDED,
+    F_HOST,
+    F_REQUEST_ID,
+    F_TE,
+    F_UPGRADE,
+    F_VIA,
+    F_XFF,
+    F_XFHOST,
+    F_XFPATH,
+    F_XFPORT,
+    F_XFPREFIX,
+    F_XFPROTO,
     IDEMPOTENT,
     LAST_CHUNK,
     STATUS_LINE,
     connection_tokens,
     status_line,
 )
+from .http.normalize import split_target
+from .http.validate import check_request_head
 from .routing.paths import upstream_path
+from .upstream.balancer import Balancer
+from .upstream.hashing import hash_key
 from .routing.router import requires_https
 from .upstream.dns import ResolveError
 
@@ -46,38 +65,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("gwanmun.proxy")
 
 # Request bytes kept to replay a request on a fresh connection when a pooled one turns out to be dead.
-REPLAY_LIMIT = 64 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
 # Request bytes buffered while no upstream connection is ready yet; past this, downstream reading pauses.
-PENDING_LIMIT = 256 * 1024
-
-# How each request header is treated (by lower-case name). Absent = forwarded as is.
-_DROP, _HOST, _CONNECTION, _TE, _CL, _XFF, _XFPROTO, _XFHOST, _XFPORT, _XFPATH, _XFPREFIX, _VIA, _EXPECT = range(13)
-_REQUEST_SPECIAL: dict[bytes, int] = {
-    b"host": _HOST,
-    b"connection": _CONNECTION,
-    b"keep-alive": _DROP,
-    b"proxy-connection": _DROP,
-    b"te": _DROP,
-    b"trailer": _DROP,
-    b"upgrade": _DROP,
-    b"transfer-encoding": _TE,
-    b"content-length": _CL,
-    b"x-forwarded-for": _XFF,
-    b"x-forwarded-proto": _XFPROTO,
-    b"x-forwarded-host": _XFHOST,
-    b"x-forwarded-port": _XFPORT,
-    b"x-forwarded-path": _XFPATH,
-    b"x-forwarded-prefix": _XFPREFIX,
-    b"x-real-ip": _DROP,
-    b"forwarded": _DROP,  # RFC 7239; kept only from trusted proxies (see start)
-    b"via": _VIA,
-    b"expect": _EXPECT,
-}
+PENDING_LIMIT: Final = 256 * 1024
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
 # Response body framing as received from upstream.
-_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+_NONE: Final = 0
+_LENGTH: Final = 1
+_CHUNKED: Final = 2
+_UNTIL_CLOSE: Final = 3
+
+
+class _ResponseHeadTooLarge(Exception):
+    pass
 
 
 class Exchange:
@@ -85,6 +87,10 @@ class Exchange:
     # path that is cheaper than initialising ~45 slots.
     rt: Any  # the Runtime this request started with
     request_id = ""
+    rid_client = False  # the request id came from a trusted proxy (so the log must escape it)
+    upgrade = b""  # the Upgrade asked for (e.g. b"websocket"), when this is a protocol-switch request
+    tunneling = False  # the upstream answered 101: bytes now pass through both ways
+    resp_upgrade = b""  # the upstream's Upgrade field
     host = ""
     path = ""
     route: Any = None  # routing.RouteEntry
@@ -112,7 +118,19 @@ class Exchange:
     bytes_out = 0
     t_up = 0.0
     t_up_end = 0.0
+    balanced = False  # the balancer was told a try started and not yet that it ended
+    t_pick = 0.0
+    set_cookie = b""  # consistent-hashing's sticky cookie to set in the response
+    delayed = False  # a fault delay was applied (start runs a second time after it)
+    deadline = 0.0  # loop time by which the whole request must be answered (service/route request_timeout); 0: none
     last_io = 0.0
+    resp_table: Any = None  # response field name -> class (Settings.response_fields)
+    resp_lines: Any = None  # forwarded fields of the response head being read, as finished lines
+    resp_length = False  # it has Content-Length
+    resp_chunked = False  # it has Transfer-Encoding
+    resp_tokens: Any = None  # extra Connection tokens (fields to drop), or None
+    resp_budget = 0  # bytes of fields still allowed in this head
+    resp_room = 0  # fields still allowed in this head
     task: Any = None
     up_read_paused = False
     finished = False
@@ -149,65 +167,79 @@ class Exchange:
         rt = self.rt
         settings = rt.settings
         trusted = down.trusted
-        self.request_id = rid = down.worker.next_request_id()
+        rid = self.request_id or down.worker.next_request_id()  # kept when a fault delay runs start again
+        self.request_id = rid
 
         host = b""
-        xff = xfproto = xfhost = xfport = xfpath = xfprefix = via = b""
+        xff = xfproto = xfhost = xfport = xfpath = xfprefix = via = upgrade = b""
         tokens: set[bytes] | None = None
         fwd: list[bytes] = []
-        rid_name = settings.request_id_lower
+        # What llhttp lets through (http/validate.py): a bad version, Host or Transfer-Encoding is refused, and
+        # fields named with "_" are dropped (in place) unless configured, before anything reads the fields.
+        refused = check_request_head(self.version, self.headers, settings.underscores_in_headers)
+        if refused is not None:
+            self.keep_alive = False
+            return self.fail(refused[0], "bad_request", refused[1])
+        table: dict[bytes, int] = settings.request_fields  # typed: compiled code then uses dict primitives
         for name, value in self.headers:
-            lname = name.lower()
-            action = _REQUEST_SPECIAL.get(lname)
+            action = table.get(name)
             if action is None:
-                if lname == rid_name:
-                    if trusted and value:
-                        self.request_id = rid = value.decode("latin-1")
-                    continue
+                action = table.get(name.lower(), F_FORWARD)
+            if action == F_FORWARD:
                 fwd += (name, b": ", value, b"\r\n")
-            elif action == _HOST:
+            elif action == F_HOST:
                 if host:
                     return self.fail(400, "bad_request", "duplicate Host header")
                 host = value
-            elif action == _CONNECTION:
-                if value.lower() in _PLAIN_CONNECTION:
+            elif action == F_CONNECTION:
+                if value == b"keep-alive" or value == b"close" or value.lower() in _PLAIN_CONNECTION:
                     continue
                 tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
-            elif action == _CL:
+            elif action == F_CL:
                 if value != b"0":
                     self.req_has_body = True
                 fwd += (name, b": ", value, b"\r\n")
-            elif action == _TE:
+            elif action == F_TE:
                 # RFC 9112 §6.3: a request whose final coding is not chunked cannot be framed. Reject it.
                 if value.rsplit(b",", 1)[-1].strip().lower() != b"chunked" or self.version == "1.0":
                     self.keep_alive = False
                     return self.fail(400, "bad_request", "unsupported Transfer-Encoding")
                 self.req_chunked = self.req_has_body = True
-            elif action == _EXPECT:
+            elif action == F_EXPECT:
                 # Answered here (as Envoy does): the upstream may not implement it, and a client must not wait.
                 if value.lower() == b"100-continue":
                     self.expect_continue = True
                 else:
                     return self.fail(417, "expectation_failed", "unsupported expectation")
-            elif action == _VIA:
+            elif action == F_VIA:
                 via = value if not via else via + b", " + value
+            elif action == F_UPGRADE:
+                upgrade = value
             elif trusted:
-                if action == _XFF:
+                if action == F_REQUEST_ID:
+                    if value:
+                        self.request_id = rid = value.decode("latin-1")
+                        self.rid_client = True
+                elif action == F_XFF:
                     xff = value if not xff else xff + b", " + value
-                elif action == _XFPROTO:
+                elif action == F_XFPROTO:
                     xfproto = value
-                elif action == _XFHOST:
+                elif action == F_XFHOST:
                     xfhost = value
-                elif action == _XFPORT:
+                elif action == F_XFPORT:
                     xfport = value
-                elif action == _XFPATH:
+                elif action == F_XFPATH:
                     xfpath = value
-                elif action == _XFPREFIX:
+                elif action == F_XFPREFIX:
                     xfprefix = value
-                elif lname == b"forwarded":
+                elif action == F_FORWARDED:
                     fwd += (name, b": ", value, b"\r\n")
-            # else: _DROP, or a forwarding header from an untrusted client
+            # else: hop-by-hop (F_DROP), or a forwarding field or request id from an untrusted client
 
+        if upgrade and tokens and b"upgrade" in tokens and self.method == "GET" and self.version == "1.1":
+            # A protocol switch (RFC 9110 §7.8), e.g. WebSocket: Upgrade and "Connection: upgrade" are forwarded,
+            # and the connection becomes a tunnel only if the upstream answers 101 (on_headers_complete).
+            self.upgrade = upgrade
         if tokens:
             extra = tokens - {b"close", b"keep-alive"}
             if extra:  # RFC 9110 §7.6.1: drop every field the Connection header names
@@ -216,97 +248,120 @@ class Exchange:
         if not host and self.version == "1.1":
             return self.fail(400, "bad_request", "missing Host header")
 
-        url = self.url
-        if url[:1] == b"/":
-            q = url.find(b"?")
-            if q < 0:
-                path_b, query = url, b""
-            else:
-                path_b, query = url[:q], url[q:]
-        else:
-            try:
-                path_b, query, abs_host = _absolute_form(url)
-            except ValueError:
-                return self.fail(400, "bad_request", "invalid request target")
-            if abs_host:  # RFC 9112 §3.2.2: the target's authority replaces Host
-                host = abs_host
+        # The path is normalised once, here (http/normalize.py): routing, the log, X-Forwarded-Path and the
+        # upstream all see the same one, so dot-segments and encodings cannot reach a route they should not.
+        split = split_target(self.url, settings.merge_slashes, settings.reject_escaped_slashes)
+        if split is None:
+            self.keep_alive = False
+            return self.fail(400, "bad_request", "invalid request target")
+        path, path_b, query, abs_host = split
+        if abs_host:  # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host
+            host = abs_host
         self.host = host_s = host.decode("latin-1")
-        self.path = path = path_b.decode("latin-1")
+        self.path = path
         if trusted and xff:
             self.client_ip = _real_ip(xff, down.client_ip, settings)
 
         router = rt.router
-        hmap = _header_map(self.headers) if router.uses_headers else None
-        match = router.match(self.method, host_s, path, "http", hmap, down.port)
+        scheme = "https" if down.scheme_b == b"https" else "http"
+        cached = router.match_cached  # the LRU-cached matcher, called directly when no route matches on headers
+        if cached is not None:
+            match = cached(self.method, host_s, path, scheme, None, down.port)
+        else:
+            match = router.match(self.method, host_s, path, scheme, _header_map(self.headers), down.port)
         if match is None:
             return self.fail(404, "no_route", "no Route matched with those values")
         route = match.route
         self.route = route
         if "http" not in route.protocols and requires_https(route, (xfproto or down.scheme_b).decode("latin-1")):
-            # Kong: an https-only route reached over plain http is refused, never served in clear.
-            return self.fail(426, "https_required", "Please use HTTPS protocol")
+            # Kong: an https-only route reached over plain http is refused or redirected, never served in clear.
+            return _https_required(self, route.https_redirect_status_code, xfhost or host, path_b + query, not xfhost)
+        fault = route.fault
+        if fault is not None and not self.delayed:  # fault injection (chaos tests): abort or delay
+            abort, delay = fault.decide(self.headers)
+            if abort:
+                self.error = "fault injected"
+                return self.fail(abort, "fault_abort", "fault injected")
+            if delay > 0:
+                # Run start again after the delay (routing is cached; a request body waits in `pending`).
+                self.delayed = True
+                down.worker.loop.call_later(delay, self._after_delay)
+                return
         svc: Service = route.target
         self.service = svc
-        target = svc.balancer.pick()
+        if svc.request_timeout > 0:
+            self.deadline = down.worker.loop.time() + svc.request_timeout
+        balancer: Balancer = svc.balancer  # typed: compiled code calls its methods natively
+        spec = balancer.hashing
+        if spec is None:
+            target = balancer.pick(None)
+        else:  # consistent-hashing: Kong's hash_on / hash_fallback key (upstream/hashing.py)
+            hk = hash_key(spec, client_ip=down.client_ip, headers=self.headers, path=path_b, query=query[1:],
+                          captures={str(k): v for k, v in match.captures.items()} if match.captures else None)
+            target = balancer.pick(hk.key)
+            if hk.set_cookie is not None:
+                self.set_cookie = hk.set_cookie  # a sticky cookie the client did not have yet
         if target is None:
             return self.fail(503, "no_peer", "failure to get a peer from the ring-balancer")
         self.target = target
+        self._started(balancer, target)
         if self.expect_continue and not self.req_done and self.version == "1.1":
             # The request is routed and will be forwarded: now the client may send its body.
             self.expect_continue = False
             self.down.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
         up_path = upstream_path(svc.path, match, path)
-        if route.preserve_host and host:
-            host_out = host
-        else:
-            host_out = target.host_header
-        parts = [
-            self.method.encode("latin-1"),
-            b" ",
-            up_path.encode("latin-1"),
-            query,
-            b" HTTP/1.1\r\nHost: ",
-            host_out,
-            b"\r\n",
-        ]
-        parts += fwd
+        up_path_b: bytes = path_b if up_path is path else up_path.encode("latin-1")
+        host_out: bytes = host if route.preserve_host and host else target.host_header
+        # The head is one %-format of bytes and ints: compiled, that is a single sized concatenation. Every
+        # argument is a typed local for that reason; the optional fields are b"" when absent.
+        fields: bytes = b"".join(fwd) if fwd else b""
         if trusted and (xff or xfproto or xfport or self.client_ip is not down.client_ip):
-            peer = down.peer_ip_b
-            parts += (
-                b"X-Real-IP: ",
+            peer: bytes = down.peer_ip_b
+            forwarded: bytes = b"X-Real-IP: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Port: %b\r\n" % (
                 self.client_ip.encode("latin-1"),
-                b"\r\nX-Forwarded-For: ",
                 xff + b", " + peer if xff else peer,
-                b"\r\nX-Forwarded-Proto: ",
                 xfproto or down.scheme_b,
-                b"\r\nX-Forwarded-Port: ",
                 xfport or down.port_b,
-                b"\r\n",
             )
         else:
-            parts.append(down.forwarded)  # the same for every request of this connection: built once
-        parts += (
-            b"X-Forwarded-Host: ",
-            xfhost or _strip_port(host),
-            b"\r\nX-Forwarded-Path: ",
-            xfpath or path_b,
-            b"\r\n",
-        )
+            forwarded = down.forwarded  # the same for every request of this connection: built once
+        fwd_host: bytes = xfhost or down.forwarded_host(host)
+        fwd_path: bytes = xfpath or path_b
+        prefix: bytes = b""
         if xfprefix:
-            parts += (b"X-Forwarded-Prefix: ", xfprefix, b"\r\n")
+            prefix = b"X-Forwarded-Prefix: %b\r\n" % xfprefix
         elif route.strip_path and match.matched_path and not match.captures:
-            parts += (b"X-Forwarded-Prefix: ", match.matched_path.encode("latin-1"), b"\r\n")
+            matched: str = match.matched_path
+            prefix = b"X-Forwarded-Prefix: %b\r\n" % matched.encode("latin-1")
+        via_line: bytes = b""
         if settings.via:
-            parts += (b"Via: ", via + b", 1.1 gwanmun" if via else b"1.1 gwanmun", b"\r\n")
-        parts += (settings.request_id_header, b": ", rid.encode("latin-1"), b"\r\n")
-        if self.req_chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        parts.append(b"\r\n")
-        head = b"".join(parts)
+            via_line = b"Via: %b, 1.1 gwanmun\r\n" % via if via else b"Via: 1.1 gwanmun\r\n"
+        rid_name: bytes = settings.request_id_header
+        te: bytes = b"Transfer-Encoding: chunked\r\n" if self.req_chunked else b""
+        if self.upgrade:
+            te = b"Connection: upgrade\r\nUpgrade: %b\r\n" % self.upgrade
+        head = b"%b %b%b HTTP/1.1\r\nHost: %b\r\n%b%bX-Forwarded-Host: %b\r\nX-Forwarded-Path: %b\r\n%b%b%b: %b\r\n%b\r\n" % (
+            self.method.encode("latin-1"),
+            up_path_b,
+            query,
+            host_out,
+            fields,
+            forwarded,
+            fwd_host,
+            fwd_path,
+            prefix,
+            via_line,
+            rid_name,
+            rid.encode("latin-1"),
+            te,
+        )
 
         pending = self.pending
-        if target.named:
+        if target.tls is not None:  # https upstream: pools per address, TLS settings and SNI (upstream/pool.py)
+            addr = down.worker.resolver.cached(target.host) if target.named else target.host
+            pool = down.worker.pools.for_tls(target, addr, host_s if route.preserve_host else "") if addr else None
+        elif target.named:
             # Kong's rule: a name is resolved for every request (from the TTL cache), and connections are pooled
             # per resolved address, so a DNS change moves new requests at once.
             addr = down.worker.resolver.cached(target.host)
@@ -329,6 +384,12 @@ class Exchange:
             self.pending = [head, *pending] if pending else [head]
             self.pending_size += len(head)
             self.task = asyncio.get_running_loop().create_task(self._connect(target))
+
+    def _after_delay(self) -> None:
+        if not self.finished and self.down.transport is not None:
+            self.start()
+            if self.up_buf:
+                self.flush_upstream()
 
     def request_body(self, data: bytes) -> None:
         if self.resp_done or self.finished:
@@ -384,13 +445,25 @@ class Exchange:
         self.conn = conn
         conn.exchange = self
         conn.requests += 1
-        self.parser = httptools.HttpResponseParser(self)
-        self.resp_headers: list = []
+        self.parser = conn.response_parser()
+        self._reset_response_fields()
         self.last_io = now = conn.loop.time()
         self.t_up = perf_counter()
         due = now + self.service.read_timeout
+        if self.deadline and self.deadline < due:
+            due = self.deadline
         if conn.timer is None or conn.timer_due > due:
             conn.watch(due)
+
+    def _reset_response_fields(self) -> None:
+        """Ready for a (next) response head: a 1xx is followed by the final one."""
+        settings = self.rt.settings
+        self.resp_table = settings.response_fields
+        self.resp_lines = []
+        self.resp_length = self.resp_chunked = False
+        self.resp_tokens = None
+        self.resp_budget = settings.max_header_size
+        self.resp_room = settings.max_headers
 
     async def _connect(self, target: Target) -> None:
         """Open a connection (cold path), retrying other targets on failure as Kong's ``retries`` says."""
@@ -401,26 +474,44 @@ class Exchange:
         reason = ""
         for attempt in range(tries):
             if attempt:
-                target = svc.balancer.pick() or target
+                balancer: Balancer = svc.balancer
+                target = balancer.pick(None) or target
                 self.target = target
+                self._started(balancer, target)
             try:
-                if target.named:
+                if target.tls is not None:  # https upstream: pools per address, TLS settings and SNI
+                    addr = await worker.resolver.resolve(target.host) if target.named else target.host
+                    pool = worker.pools.for_tls(target, addr, self.host if self.route.preserve_host else "")
+                elif target.named:
                     addr = await worker.resolver.resolve(target.host)
                     pool = worker.pools.get(addr, target.port)
                 else:
                     pool = target.pool or worker.pools.for_target(target)
                     addr = target.host
-                conn = await pool.connect(addr, target.port, svc.connect_timeout)
+                timeout = svc.connect_timeout
+                if self.deadline:
+                    left = self.deadline - worker.loop.time()
+                    if left <= 0:
+                        self.task = None
+                        return self._deadline_passed()
+                    timeout = min(timeout, left)
+                conn = await pool.connect(addr, target.port, timeout)
             except ResolveError as exc:
                 if self.finished:
                     return
                 self.task = None
                 return self.fail(503, "dns", "name resolution failed", detail=str(exc))
             except TimeoutError:
+                self._settled()
                 timed_out = True
                 reason = f"connect to {target.label} timed out"
+                if target.watched:  # passive health checks (outlier detection) count this target
+                    worker.health.report(target, None, "timeout")
                 continue
             except OSError as exc:
+                self._settled()
+                if target.watched:
+                    worker.health.report(target, None, "tcp")
                 timed_out = False
                 reason = f"connect to {target.label} failed: {exc.strerror or exc}"
                 continue
@@ -473,7 +564,7 @@ class Exchange:
         self.pending_size = self.replay_size
         self.replay = None
         self.replay_size = 0
-        self.resp_headers = []
+        self._reset_response_fields()
         self.task = asyncio.get_running_loop().create_task(self._connect(self.target))
         return True
 
@@ -504,16 +595,35 @@ class Exchange:
     # ------------------------------------------------------------------------------------------------------------
     def upstream_data(self, data: bytes) -> None:
         self.last_io = self.down.worker.loop.time()
+        if self.tunneling:
+            self.bytes_out += len(data)
+            self.out.append(data)
+            self.flush_downstream()
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._upstream_failed(502, "upstream_error", "upstream switched protocols unasked")
+        except httptools.HttpParserUpgrade as exc:
+            if not self.tunneling:
+                self._upstream_failed(502, "upstream_error", "upstream switched protocols unasked")
+            else:  # the 101 head is out; what followed it in this read is the new protocol's
+                rest = data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b""
+                if rest:
+                    self.bytes_out += len(rest)
+                    self.out.append(rest)
+                self.flush_downstream()
+                self.down.start_tunnel(self)
+                return
         except httptools.HttpParserError as exc:
+            if not self.status and self.target.watched:
+                self.down.worker.health.report(self.target, None, "tcp")
+            cause = exc.__context__ if isinstance(exc.__context__, _ResponseHeadTooLarge) else exc
             self._upstream_failed(502, "upstream_error", "An invalid response was received from the upstream server",
-                                  detail=f"invalid response from {self.target.label}: {exc}")
+                                  detail=f"invalid response from {self.target.label}: {cause}")
         self.flush_downstream()
 
     def upstream_eof(self) -> None:
+        if self.tunneling:
+            return self.end_tunnel()
         if self.resp_mode == _UNTIL_CLOSE and self.status:
             self.on_message_complete()
             self.flush_downstream()
@@ -521,6 +631,8 @@ class Exchange:
             self._upstream_closed("upstream closed the connection")
 
     def upstream_lost(self, exc: Exception | None) -> None:
+        if self.tunneling:
+            return self.end_tunnel()
         if self.resp_done or self.finished:
             return
         if self.resp_mode == _UNTIL_CLOSE and self.status and exc is None:
@@ -534,8 +646,58 @@ class Exchange:
             return
         if self._retry_fresh(why):
             return
+        if not self.status and self.target.watched:
+            self.down.worker.health.report(self.target, None, "tcp")
         self._upstream_failed(502, "upstream_error", "An invalid response was received from the upstream server",
                               detail=f"{self.target.label}: {why}")
+
+    # protocol switch (WebSocket) ----------------------------------------------------------------------------------
+    def _switch_protocols(self, fields: bytes) -> None:
+        """The upstream answered 101 to an upgrade request: relay it; the tunnel starts once the head is out."""
+        self.status = 101
+        self.tunneling = True
+        self.keep_alive = False  # the client connection ends with the tunnel
+        self.resp_done = False
+        settings = self.rt.settings
+        via: bytes = b"Via: 1.1 gwanmun\r\n" if settings.via else b""
+        rid_name: bytes = settings.request_id_header
+        upgrade: bytes = self.resp_upgrade or self.upgrade
+        head = b"HTTP/1.1 101 Switching Protocols\r\n%bConnection: upgrade\r\nUpgrade: %b\r\n%b%b: %b\r\n\r\n" % (
+            fields, upgrade, via, rid_name, self.request_id.encode("latin-1")
+        )
+        self.bytes_out += len(head)
+        self.out.append(head)
+        self.head_sent = True
+        conn = self.conn
+        if conn is not None:
+            conn.parser = None  # llhttp is done with this connection: it now carries the new protocol
+
+    def tunnel_up(self, data: bytes) -> None:
+        """Client bytes of the switched protocol, straight to the upstream."""
+        conn = self.conn
+        if conn is None or conn.transport is None:
+            return
+        self.bytes_in += len(data)
+        self.last_io = conn.loop.time()
+        conn.transport.write(data)
+
+    def end_tunnel(self) -> None:
+        """Either side closed: close the other once what it was sent is flushed, and log the exchange."""
+        if self.finished:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.exchange = None
+            conn.closed = True  # never pooled again
+            conn.pool.active -= 1
+            conn.pool.discard(conn)
+            if conn.transport is not None:
+                conn.transport.close()  # a FIN after the pending bytes, not a reset
+        self.t_up_end = perf_counter()
+        self.resp_done = self.req_done = True
+        self.keep_alive = False
+        self._finish()
 
     def upstream_write_paused(self) -> None:
         """The upstream stopped taking the body: stop reading it from the client, and start the write timeout."""
@@ -553,77 +715,100 @@ class Exchange:
 
     # httptools response-parser callbacks ---------------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.resp_headers.append((name, value))
+        """Classify each response field as it arrives; forwarded ones are kept as finished lines."""
+        self.resp_budget -= len(name) + len(value) + 4
+        self.resp_room -= 1
+        if self.resp_budget < 0 or self.resp_room < 0:
+            settings = self.rt.settings
+            raise _ResponseHeadTooLarge(
+                f"response head over the limit of {settings.max_header_size} bytes or {settings.max_headers} fields"
+            )
+        table: dict[bytes, int] = self.resp_table
+        action = table.get(name)
+        if action is None:
+            action = table.get(name.lower(), F_FORWARD)
+        if action == F_FORWARD:
+            self.resp_lines.append(b"%b: %b\r\n" % (name, value))
+        elif action == F_CL:
+            self.resp_length = True
+            self.resp_lines.append(b"%b: %b\r\n" % (name, value))
+        elif action == F_TE:
+            self.resp_chunked = True
+        elif action == F_UPGRADE:
+            self.resp_upgrade = value
+        elif action == F_CONNECTION:
+            if value != b"keep-alive" and value != b"close" and value.lower() not in _PLAIN_CONNECTION:
+                tokens = connection_tokens(value)
+                self.resp_tokens = tokens if self.resp_tokens is None else self.resp_tokens | tokens
+        # else: another hop-by-hop field (F_DROP), or the upstream's request id: ours is the one that counts
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
-        status = parser.get_status_code()
-        headers = self.resp_headers
-        self.resp_headers = []
+        status: int = self.parser.get_status_code()
+        lines: list[bytes] = self.resp_lines
+        tokens = self.resp_tokens
+        if tokens:
+            extra = tokens - _PLAIN_CONNECTION
+            if extra:  # RFC 9110 §7.6.1: drop every field the Connection header names
+                lines = [line for line in lines if line.split(b":", 1)[0].lower() not in extra]
+        fields: bytes = b"".join(lines)
         if status < 200:
+            if status == 101 and self.upgrade and self.resp_upgrade and tokens and b"upgrade" in tokens:
+                return self._switch_protocols(fields)
+            self._reset_response_fields()
             if status == 101:
                 raise httptools.HttpParserUpgrade("101 without an upgrade request")
             if self.version == "1.1":  # relay 1xx (100 Continue, 103 Early Hints) to HTTP/1.1 clients
-                self.out.append(status_line(status) + _filter_head(headers) + b"\r\n")
+                self.out.append(b"%b%b\r\n" % (status_line(status), fields))
             return
         self.status = status
-        rid_name = self.rt.settings.request_id_lower
-        tokens = None
-        chunked = False
-        length = False
-        parts = [STATUS_LINE.get(status) or status_line(status)]
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"transfer-encoding":
-                    chunked = True
-                elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                    tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
-                continue
-            if lname == b"content-length":
-                length = True
-            elif lname == rid_name:
-                continue  # ours is the one that counts (and it is in the log)
-            parts += (name, b": ", value, b"\r\n")
-        if tokens:
-            extra = tokens - {b"close", b"keep-alive"}
-            if extra:
-                parts = [parts[0], *_drop_named(parts[1:], extra)]
+        if self.balanced:
+            self._settled()
+        if self.target.watched:  # passive health checks count this target's answers
+            self.down.worker.health.report(self.target, status, "http")
 
         if self.method == "HEAD" or status == 204 or status == 304:
             mode = _NONE
-        elif chunked:
+        elif self.resp_chunked:
             mode = _CHUNKED
-        elif length:
+        elif self.resp_length:
             mode = _LENGTH
         else:
             mode = _UNTIL_CLOSE
         self.resp_mode = mode
+        te: bytes = b""
         if mode == _CHUNKED or mode == _UNTIL_CLOSE:
             if self.version == "1.1":
                 self.down_chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
+                te = b"Transfer-Encoding: chunked\r\n"
             else:
                 self.keep_alive = False  # an HTTP/1.0 client reads to the close
         if self.expect_continue and not self.req_done:
             self.keep_alive = False  # the client may never send the body it announced
         settings = self.rt.settings
-        if settings.via:
-            parts.append(b"Via: 1.1 gwanmun\r\n")
-        parts += (settings.request_id_header, b": ", self.request_id.encode("latin-1"), b"\r\n")
+        via: bytes = b"Via: 1.1 gwanmun\r\n" if settings.via else b""
+        if self.set_cookie:
+            via = b"%bSet-Cookie: %b\r\n" % (via, self.set_cookie)
+        rid_name: bytes = settings.request_id_header
         if not self.keep_alive or self.down.closing:
             self.keep_alive = False
-            parts.append(b"Connection: close\r\n\r\n")
+            connection = b"Connection: close\r\n"
         elif self.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n\r\n")
+            connection = b"Connection: keep-alive\r\n"
         else:
-            parts.append(b"\r\n")
-        head = b"".join(parts)
+            connection = b""
+        line: bytes = STATUS_LINE.get(status) or status_line(status)
+        head = b"%b%b%b%b%b: %b\r\n%b\r\n" % (
+            line, fields, te, via, rid_name, self.request_id.encode("latin-1"), connection
+        )
         self.bytes_out += len(head)
         self.out.append(head)
         self.head_sent = True
         if mode == _NONE and self.method == "HEAD":
-            # llhttp cannot be told a response answers HEAD, so it would wait for the announced body: end here.
+            # llhttp cannot be told a response answers HEAD, so it would wait for the announced body: end here, and
+            # give the connection a fresh parser for its next response.
+            conn = self.conn
+            if conn is not None:
+                conn.parser = None
             self.on_message_complete()
 
     def on_body(self, data: bytes) -> None:
@@ -636,7 +821,7 @@ class Exchange:
             self.out.append(data)
 
     def on_message_complete(self) -> None:
-        if not self.status or self.resp_done:
+        if not self.status or self.resp_done or self.tunneling:
             return  # end of a 1xx interim response, or a HEAD response already ended
         if self.down_chunked:
             self.out.append(LAST_CHUNK)
@@ -667,15 +852,48 @@ class Exchange:
         loop = self.down.worker.loop
         now = loop.time()
         svc = self.service
+        if self.tunneling:  # the tunnel's idle timeout: read_timeout without a byte either way (nginx's rule)
+            if self.up_read_paused or conn.paused or self.down.paused or self.down.write_paused:
+                self.last_io = now  # bytes are waiting on a slow side: busy, not idle
+            if now >= self.last_io + svc.read_timeout:
+                self.error = f"tunnel idle for {svc.read_timeout:g}s"
+                return self.end_tunnel()
+            conn.watch(self.last_io + svc.read_timeout)
+            return
+        deadline = self.deadline
+        if deadline and now >= deadline:
+            return self._deadline_passed()
         limit = svc.write_timeout if conn.paused else svc.read_timeout
         if self.up_read_paused:  # we paused the upstream for a slow client: not the upstream's fault
             self.last_io = now
         due = self.last_io + limit
         if now < due:
-            conn.watch(due)
+            conn.watch(due if not deadline or due < deadline else deadline)
             return
+        if not self.status and self.target.watched:
+            self.down.worker.health.report(self.target, None, "timeout")
         self._upstream_failed(504, "upstream_timeout", "The upstream server is timing out",
                               detail=f"{self.target.label}: no data for {limit:g}s")
+        self.flush_downstream()
+
+    def _started(self, balancer: Balancer, target: Target) -> None:
+        """A try begins on ``target``: least-connections and latency balancers count it (the others skip this)."""
+        if balancer.tracks:
+            balancer.started(target)
+            self.balanced = True
+            self.t_pick = perf_counter()
+
+    def _settled(self) -> None:
+        """The try ended (response head, failure or abandon): exactly one ``finished`` per ``started``."""
+        if self.balanced:
+            self.balanced = False
+            balancer: Balancer = self.service.balancer
+            balancer.finished(self.target, perf_counter() - self.t_pick)
+
+    def _deadline_passed(self) -> None:
+        """The request's overall deadline (request_timeout) passed: 504, or a cut response if it had begun."""
+        self._upstream_failed(504, "request_timeout", "The request timed out",
+                              detail=f"request_timeout of {self.service.request_timeout:g}s passed")
         self.flush_downstream()
 
     def downstream_write_paused(self) -> None:
@@ -710,6 +928,8 @@ class Exchange:
         """Answer with a JSON error, or, if the response has begun, cut the client connection."""
         if self.finished:
             return
+        if self.balanced:
+            self._settled()
         self.error = detail or message
         if detail:
             log.warning("request %s: %s (%s)", self.request_id, message, detail)
@@ -747,9 +967,7 @@ class Exchange:
         if not self.resp_done or not (self.req_done or not self.keep_alive):
             return
         self.finished = True
-        # The response parser holds bound methods of this exchange: a reference cycle that only the cyclic GC
-        # would free. Breaking it here lets plain reference counting free the exchange at once.
-        self.parser = None
+        self.parser = None  # it belongs to the upstream connection, which may already serve another exchange
         self.flush_downstream()
         worker = self.down.worker
         if not self.t_up_end and self.t_up:
@@ -761,6 +979,10 @@ class Exchange:
         """The client connection is gone: drop the upstream side, log what we know."""
         if self.finished:
             return
+        if self.balanced:
+            self._settled()
+        if self.tunneling:
+            return self.end_tunnel()
         self._drop_upstream()
         if not self.status:
             self.status = 499  # nginx's "client closed request"
@@ -816,10 +1038,6 @@ def _drop_named(parts: list[bytes], names: set[bytes]) -> list[bytes]:
     return out
 
 
-def _filter_head(headers: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(b"%b: %b\r\n" % (n, v) for n, v in headers if n.lower() not in HOP_BY_HOP)
-
-
 def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, list[str]]:
     m: dict[str, list[str]] = {}
     for name, value in headers:
@@ -827,7 +1045,7 @@ def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, list[str]]:
     return m
 
 
-def _strip_port(host: bytes) -> bytes:
+def strip_port(host: bytes) -> bytes:
     if host.startswith(b"["):
         end = host.find(b"]")
         return host[: end + 1] if end > 0 else host
@@ -835,19 +1053,39 @@ def _strip_port(host: bytes) -> bytes:
     return host[:i] if i >= 0 else host
 
 
-def _absolute_form(url: bytes) -> tuple[bytes, bytes, bytes]:
-    """``http://host:port/p?q`` -> (path, '?q', 'host:port'). Raises ValueError when it is not a URL."""
-    if url == b"*":
-        return b"*", b"", b""
-    try:
-        # Any: httptools' stub types port as int, but it is None when absent (and compiled code trusts stubs)
-        u: Any = httptools.parse_url(url)
-    except httptools.HttpParserInvalidURLError as exc:
-        raise ValueError(str(exc)) from None
-    if not u.schema or u.schema.lower() not in (b"http", b"https") or not u.host:
-        raise ValueError("not an absolute http URL")
-    host = u.host if u.port is None else b"%b:%d" % (u.host, u.port)
-    return u.path or b"/", (b"?" + u.query) if u.query else b"", host
+def _https_required(ex: Exchange, code: int, host: bytes, uri: bytes, strip: bool) -> None:
+    """Kong's answer to an https-only route reached over plain http (``kong/runloop/handler.lua``): 426 with
+    ``Upgrade: TLS/1.2, HTTP/1.1``, or with ``https_redirect_status_code`` 301/302/307/308 an empty redirect to
+    ``https://<host><request uri>``. ``host`` is a trusted client's X-Forwarded-Host as sent, else the Host, whose
+    port is dropped and case lowered (``strip``: nginx's ``$host``). Without a host there is nowhere to redirect:
+    426."""
+    if strip:
+        host = strip_port(host).lower()
+    if not ex.request_id:
+        ex.request_id = ex.down.worker.next_request_id()
+    if not host:
+        code = 426
+    ex.status = code
+    ex.error = "https required"
+    if ex.down.closing or (ex.req_has_body and not ex.req_done):
+        ex.keep_alive = False
+    close = b", close" if not ex.keep_alive else b", keep-alive" if ex.version == "1.0" else b""
+    if code == 426:
+        body = orjson.dumps({"message": "Please use HTTPS protocol", "request_id": ex.request_id})
+        fields = b"Content-Type: application/json; charset=utf-8\r\nUpgrade: TLS/1.2, HTTP/1.1\r\nConnection: Upgrade"
+        fields += close
+    else:
+        body = b""
+        fields = b"Location: https://" + host + uri + (b"\r\nConnection: " + close[2:] if close else b"")
+    head = b"".join((
+        status_line(code), fields, b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n",
+        ex.rt.settings.request_id_header, b": ", ex.request_id.encode("latin-1"), b"\r\n\r\n",
+    ))
+    ex.out.append(head if ex.method == "HEAD" else head + body)
+    ex.bytes_out += len(head) + len(body)
+    ex.head_sent = True
+    ex.resp_done = True
+    ex._finish()
 
 
 def _real_ip(xff: bytes, peer: str, settings) -> str:

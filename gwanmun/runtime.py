@@ -8,10 +8,13 @@ reload never changes the rules under a request in flight.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .upstream.balancer import RoundRobin
+import orjson
+
+from .http.wire import request_fields, response_fields
+from .upstream.balancer import Balancer
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,16 @@ class Settings:
     max_header_size: int = 61440
     max_headers: int = 100
     keepalive_timeout: float = 75.0
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    max_connections: int = 16384
+    # request hardening: arguments of http.validate.check_request_head and http.normalize.split_target
+    underscores_in_headers: bool = False
+    merge_slashes: bool = True
+    reject_escaped_slashes: bool = False
+    # header name -> how the proxy treats it (see http.wire.field_table); they depend on the request id's name
+    request_fields: dict[bytes, int] = field(default_factory=request_fields)
+    response_fields: dict[bytes, int] = field(default_factory=response_fields)
 
     def is_trusted(self, ip: str) -> bool:
         if not self.trusted or not ip:
@@ -48,12 +61,17 @@ class Service:
     connect_timeout: float  # seconds (Kong configures milliseconds)
     read_timeout: float
     write_timeout: float
-    balancer: RoundRobin
+    balancer: Balancer  # RoundRobin, LeastConnections, Latency or ConsistentHashing (upstream/balancer.py)
     upstream: str | None = None  # name of the Kong upstream entity balanced over, if any
+    request_timeout: float = 0.0  # overall deadline per request, seconds; 0: none
+    label: str = ""  # for logs: the name, else the id (a field, not a property: the access log reads it per request)
+    log_name: bytes = b""  # the name (else id, else null) JSON-encoded once, for the access log
 
-    @property
-    def label(self) -> str:
-        return self.name or self.id or "unnamed"
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = self.name or self.id or "unnamed"
+        if not self.log_name:
+            self.log_name = orjson.dumps(self.name or self.id)
 
 
 @dataclass(eq=False, slots=True)
@@ -64,6 +82,8 @@ class Runtime:
     config_hash: str = ""
     source: str = ""
     gateway: Any = None  # the validated GatewayConfig, for what only the server reads (listeners, logs, pools)
+    tls: Any = None  # tls.ServerTLS: certificates by SNI for HTTPS listeners (None without one)
+    health: tuple = ()  # upstream.health.HealthSpec of every upstream: its targets and its compiled healthchecks
 
 
 class RuntimeHolder:

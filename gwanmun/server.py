@@ -1,31 +1,29 @@
-"""Listeners, the worker's shared state, signals and graceful shutdown.
+"""Listeners and the worker: the state one process shares among its connections, reloads and graceful shutdown.
 
 A ``Worker`` is everything one process shares among its connections: the runtime holder, the upstream pools, the
-DNS cache, the access log and the request-id generator. Pools and the DNS cache outlive config reloads.
+DNS cache, the access log and the request-id generator. Pools outlive config reloads (``Worker.apply``).
+
+The processes themselves (a supervisor and its worker processes, signals, reload triggers) are in
+``gwanmun.process``; this module knows nothing about them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import os
-import signal
 import socket
 import sys
 import time
 
 import orjson
-import uvloop
 
-from . import native
-from .config import load_file
-from .config.compile import compile_runtime
 from .http.downstream import DownstreamProtocol
 from .proxy import RequestIds
 from .observability.accesslog import AccessLog
 from .runtime import Runtime, RuntimeHolder
+from .tls import listener_context
 from .upstream.dns import Resolver
+from .upstream.health import HealthTable
 from .upstream.pool import Pools, PoolSettings
 
 log = logging.getLogger("gwanmun")
@@ -62,55 +60,99 @@ def event(name: str, level: int = logging.INFO, **fields) -> None:
 
 
 class Worker:
-    def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop, health_status: str | None = None,
+                 index: int = 0) -> None:
         self.loop = loop
         self.holder = RuntimeHolder(runtime)
         gw = runtime.gateway
         self.pools = Pools(pool_settings(gw))
-        self.resolver = Resolver(
-            hostsfile=gw.dns_hostsfile,
-            nameservers=list(gw.dns_resolver),
-            stale_ttl=gw.dns_stale_ttl,
-            not_found_ttl=gw.dns_not_found_ttl,
-            error_ttl=gw.dns_error_ttl,
-            valid_ttl=gw.dns_valid_ttl,
-        )
+        self.resolver = make_resolver(gw)
         self.access_log = AccessLog(gw.access_log, loop)
         self.connections: set[DownstreamProtocol] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.next_request_id = RequestIds().next
+        self.forced = False  # force_close(): shutdown stops waiting for in-flight requests
+        # upstream target health (active probes, passive reports), kept across reloads; its status file, if any,
+        # is what `gwanmun health` reads
+        self.health = HealthTable(health_status, index)
+        self.health.apply(runtime.health, runtime.services)
 
-    async def start(self) -> list[str]:
+    async def start(self, socks: list[socket.socket] | None = None) -> list[str]:
+        """Serve every ``gateway.listen`` address, on ``socks`` when given (bound by the supervisor, in the order of
+        ``gateway.listen``), else on sockets bound here. Returns the addresses as ``host:port``."""
         self.pools.start(self.loop)
+        self.health.start(self.loop)
         addresses = []
-        for listen in self.holder.current.gateway.listen:
-            sock = bind(*split_listen(listen))
+        for i, listen in enumerate(self.holder.current.gateway.listen):
+            sock = socks[i] if socks is not None else bind(*split_listen(listen))
             port = sock.getsockname()[1]  # the port actually bound (listen on port 0 in tests)
+            tls = listener_context(listen, lambda: self.holder.current.tls)  # "ssl" flag: HTTPS (gwanmun/tls.py)
             server = await self.loop.create_server(
-                lambda port=port: DownstreamProtocol(self, port), sock=sock, backlog=4096
+                lambda port=port, scheme="https" if tls else "http": DownstreamProtocol(self, port, scheme),
+                sock=sock, backlog=4096, ssl=tls,
             )
             self.servers.append(server)
-            host = sock.getsockname()[0]
-            shown = f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
-            addresses.append(shown)
-            event("listening", address=shown)
+            addresses.append(address_of(sock))
         return addresses
 
-    async def shutdown(self, grace: float = 10.0) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``grace`` seconds), then close everything."""
+    def apply(self, runtime: Runtime) -> Runtime:
+        """Serve new requests from ``runtime`` (a reload); requests in flight finish on the one they started with.
+
+        The worker's own settings follow the new ``gateway`` block: the access log is reopened if its destination
+        changed, pools take the new keep-alive settings in place (warm connections are kept), and the DNS resolver is
+        rebuilt if a ``dns_*`` setting changed (its cache starts empty). Settings read once per connection (head
+        limits, ``trusted_ips``, keep-alive on/off) apply to new connections. Returns the replaced runtime.
+        Raises ``OSError`` (and changes nothing) if the new access log cannot be opened.
+        """
+        old_gw, gw = self.holder.current.gateway, runtime.gateway
+        access_log = AccessLog(gw.access_log, self.loop) if gw.access_log != old_gw.access_log else None
+        old = self.holder.swap(runtime)
+        self.health.apply(runtime.health, runtime.services)  # the state of targets that still exist is kept
+        if access_log is not None:
+            self.access_log.close()
+            self.access_log = access_log
+        if pool_settings(gw) != pool_settings(old_gw):
+            self.pools.configure(pool_settings(gw))
+        if dns_settings(gw) != dns_settings(old_gw):
+            self.resolver = make_resolver(gw)
+        return old
+
+    def in_use(self, runtime: Runtime) -> bool:
+        """Whether a request in flight or waiting on a connection still uses ``runtime``."""
+        for conn in self.connections:
+            ex = conn.current
+            if ex is not None and ex.rt is runtime:
+                return True
+            for ex in conn.queue:
+                if ex.rt is runtime:
+                    return True
+        return False
+
+    def stop_accepting(self) -> None:
+        """Close the listeners and every idle connection; connections with a request in flight close after it."""
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
             conn.closing = True
             if conn.current is None and not conn.queue:
                 conn.close()
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``grace`` seconds, or until ``force_close``), then
+        close everything."""
+        self.stop_accepting()
         deadline = self.loop.time() + grace
-        while self.connections and self.loop.time() < deadline:
+        while self.connections and self.loop.time() < deadline and not self.forced:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
         self.pools.close()
+        self.health.close()
         self.access_log.close()
+
+    def force_close(self) -> None:
+        """End a graceful shutdown now: connections still open are aborted."""
+        self.forced = True
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -130,6 +172,27 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def address_of(sock: socket.socket) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a bound socket."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def make_resolver(gw) -> Resolver:
+    return Resolver(**dns_settings(gw))
+
+
+def dns_settings(gw) -> dict:
+    return {
+        "hostsfile": gw.dns_hostsfile,
+        "nameservers": list(gw.dns_resolver),
+        "stale_ttl": gw.dns_stale_ttl,
+        "not_found_ttl": gw.dns_not_found_ttl,
+        "error_ttl": gw.dns_error_ttl,
+        "valid_ttl": gw.dns_valid_ttl,
+    }
+
+
 def pool_settings(gw) -> PoolSettings:
     return PoolSettings(
         max_idle=gw.upstream_keepalive_pool_size,
@@ -139,50 +202,11 @@ def pool_settings(gw) -> PoolSettings:
 
 
 def split_listen(listen: str) -> tuple[str, int]:
-    """``0.0.0.0:8000`` / ``[::]:8000`` / ``:8000`` / ``*:8000`` -> (host, port)."""
-    host, _, port = listen.rpartition(":")
+    """``0.0.0.0:8000`` / ``[::]:8000`` / ``:8000`` / ``*:8000`` -> (host, port); flags after the address (``0.0.0.0:8443
+    ssl``) are not part of it."""
+    host, _, port = listen.split()[0].rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if host in ("", "*"):
         host = "0.0.0.0"
     return host, int(port)
-
-
-def run(config_path: str) -> int:
-    """Load, compile and serve a declarative config until SIGTERM/SIGINT."""
-    setup_logging()
-    try:
-        loaded = load_file(config_path)
-        runtime = compile_runtime(loaded)
-    except Exception as exc:  # ConfigError prints every issue with file:line
-        event("config_rejected", logging.ERROR, file=config_path, errors=str(exc).splitlines())
-        return 2
-    uvloop.install()
-    return asyncio.run(_serve(runtime))
-
-
-async def _serve(runtime: Runtime) -> int:
-    loop = asyncio.get_running_loop()
-    worker = Worker(runtime, loop)
-    try:
-        await worker.start()
-    except OSError as exc:
-        event("listen_failed", logging.ERROR, error=str(exc))
-        return 1
-    # Everything built so far (config, compiled routes, pools) lives as long as the process: move it out of the
-    # cyclic GC's generations, so collections stop re-scanning 10,000 routes (the gc.freeze() idiom).
-    gc.collect()
-    gc.freeze()
-    compiled, stale = native.status()
-    if stale:
-        event("stale_compiled_modules", logging.WARNING, modules=stale, hint="reinstall: pip install -e .")
-    event("started", config=runtime.source, config_hash=runtime.config_hash[:12], pid=os.getpid(),
-          compiled=len(compiled))
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    event("stopping", connections=len(worker.connections))
-    await worker.shutdown()
-    event("stopped")
-    return 0

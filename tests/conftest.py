@@ -4,9 +4,13 @@ Fixtures
 - ``httpbin`` (session): ``HttpbinServer`` with ``.url``, ``.host``, ``.port``, ``.hostport``.
 - ``scripted`` (session): ``ScriptedUpstream`` with ``.url``, ``.port``, ``.requests``, ``.wait_request(token)``,
   ``.request_for(token)``, ``.open_gate(name)``; actions are listed in ``tests/fixtures/upstreams.py``.
-- ``gateway`` (function): factory ``gateway(config: dict, name: str | None = None) -> Gateway``; each gateway is
-  stopped (SIGTERM, then SIGKILL) at teardown. ``Gateway`` has ``.url``, ``.host``, ``.port``, ``.pid``,
-  ``.access_log_lines()``, ``.log_for(request_id)``, ``.wait_log(pred)``, ``.rss_kb()``, ``.hwm_kb()``,
+- ``pki`` (session): test CAs and certificates (``tests/fixtures/certs.py``); ``scripted_tls``, ``scripted_tls_chain``
+  and ``scripted_mtls`` (session): the scripted upstream over TLS (requests record ``.sni`` and ``.client_cn``).
+- ``gateway`` (function): factory ``gateway(config: dict, name: str | None = None, workers=1, args=()) -> Gateway``;
+  each gateway is stopped (SIGTERM, then SIGKILL) at teardown. ``Gateway`` has ``.url``, ``.host``, ``.port``,
+  ``.pid`` (the supervisor), ``.worker_pids()``, ``.worker_pid`` (the only worker), ``.access_log_lines()``,
+  ``.log_for(request_id)``, ``.wait_log(pred)``, ``.stderr_events(name)``, ``.wait_event(name, after=mark())``,
+  ``.write_config(cfg)``, ``.reload(cfg)`` (SIGHUP; returns the outcome event), ``.rss_kb()``, ``.hwm_kb()``,
   ``.raw()`` (a ``RawConnection``), ``.request(method, path, body, headers)``, ``.stop()``.
 - ``shared_gateway`` (session): the same factory, but one process per distinct config for the whole session. Use it
   when a test only looks at its own requests (tagged with ``token``), never at process-wide state.
@@ -46,6 +50,38 @@ def scripted():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def pki():
+    """Test CAs and certificates (``tests/fixtures/certs.py`` ``PKI``), generated once per session."""
+    from tests.fixtures.certs import PKI
+
+    return PKI()
+
+
+@pytest.fixture(scope="session")
+def scripted_tls(pki):
+    """``ScriptedUpstream`` over TLS, presenting ``pki.upstream`` (upstream.test, alias.test, localhost, 127.0.0.1)."""
+    server = ScriptedUpstream(ssl=pki.root.server_context(pki.upstream)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def scripted_tls_chain(pki):
+    """``ScriptedUpstream`` over TLS, presenting ``pki.upstream_chain`` (chain.test) with its intermediate CA."""
+    server = ScriptedUpstream(ssl=pki.intermediate.server_context(pki.upstream_chain)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def scripted_mtls(pki):
+    """``ScriptedUpstream`` over TLS that requires a client certificate signed by ``pki.clients``."""
+    server = ScriptedUpstream(ssl=pki.root.server_context(pki.upstream, client_ca=pki.clients)).start()
+    yield server
+    server.stop()
+
+
 _stale_warned: set[str] = set()
 
 
@@ -70,8 +106,8 @@ def _stop_and_check(gw: Gateway, where: str) -> None:
 def gateway(tmp_path, request):
     started: list[Gateway] = []
 
-    def make(config: dict, name: str | None = None) -> Gateway:
-        gw = Gateway(config, tmp_path, name=name or f"gw{len(started)}")
+    def make(config: dict, name: str | None = None, **kw) -> Gateway:
+        gw = Gateway(config, tmp_path, name=name or f"gw{len(started)}", **kw)
         started.append(gw)
         gw.start()
         _check_stale(gw)

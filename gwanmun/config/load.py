@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -309,7 +310,10 @@ def _scrub(issue: ConfigIssue, secrets: list[tuple[tuple, str]]) -> ConfigIssue:
     return ConfigIssue(issue.path, message, issue.file, issue.line)
 
 
-_CONTAINER_KIND = {"services": "service", "routes": "route", "upstreams": "upstream", "targets": "target"}
+_CONTAINER_KIND = {
+    "services": "service", "routes": "route", "upstreams": "upstream", "targets": "target",
+    "certificates": "certificate", "snis": "sni", "ca_certificates": "ca_certificate",
+}
 
 _TYPE_WORDS = {
     "string_type": "a string",
@@ -492,4 +496,98 @@ def _semantic_issues(data: dict[str, Any], lines: Mapping[tuple, int]) -> list[t
             issues.append((("targets", i, "upstream"), f"no upstream with name or id '{key}'"))
         else:
             add_target(found[1], ("targets", i), t)
+
+    issues += _tls_issues(data, services, upstreams, unique)
+    return issues
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return len(value) == 36
+
+
+def _tls_issues(data: dict[str, Any], services: list, upstreams: list, unique) -> list[tuple[tuple, str]]:
+    """Certificates (key matches, alternate pair), SNI names unique (nested and top-level together, case-insensitive),
+    and references to certificates and CA certificates, which are by id."""
+    issues: list[tuple[tuple, str]] = []
+    certificates = _items(data.get("certificates"))
+    if not certificates and not data.get("snis") and not data.get("ca_certificates"):
+        # nothing to check unless a service refers to one
+        if not any(s.get("client_certificate") or s.get("ca_certificates") for _, s in services) and not any(
+            u.get("client_certificate") for _, u in upstreams
+        ):
+            return issues
+    from ..tls import PemError, ca_digest, cert_key_problems, cert_key_type
+
+    cert_ids: dict[str, tuple] = {}
+    for i, c in certificates:
+        path = ("certificates", i)
+        unique(c.get("id"), path + ("id",), cert_ids, "certificate id")
+        cert, key, cert_alt, key_alt = (c.get(k) for k in ("cert", "key", "cert_alt", "key_alt"))
+        if isinstance(cert, str) and isinstance(key, str):
+            problem = cert_key_problems(cert, key)
+            if problem:
+                issues.append((path + ("key",), problem))
+        if (cert_alt is None) != (key_alt is None):
+            present = "cert_alt" if cert_alt is not None else "key_alt"
+            issues.append((path + (present,), "'cert_alt' and 'key_alt' must be set together"))
+        elif isinstance(cert_alt, str) and isinstance(key_alt, str):
+            problem = cert_key_problems(cert_alt, key_alt)
+            if problem:
+                issues.append((path + ("key_alt",), "alternative " + problem))
+            elif isinstance(cert, str):
+                kind, kind_alt = cert_key_type(cert), cert_key_type(cert_alt)
+                if kind is not None and kind == kind_alt:
+                    issues.append((path + ("cert_alt",), f"certificate and alternative certificate need to have "
+                                                         f"different types (e.g. RSA and ECDSA): both are {kind}"))
+
+    sni_names: dict[str, tuple] = {}
+    sni_ids: dict[str, tuple] = {}
+
+    def add_sni(path: tuple, sni: Any) -> None:
+        name = sni if isinstance(sni, str) else sni.get("name") if isinstance(sni, dict) else None
+        name_path = path if isinstance(sni, str) else path + ("name",)
+        if isinstance(name, str):
+            unique(name.lower(), name_path, sni_names, "SNI")
+        if isinstance(sni, dict):
+            unique(sni.get("id"), path + ("id",), sni_ids, "SNI id")
+
+    for i, c in certificates:
+        snis = c.get("snis")
+        if isinstance(snis, list):
+            for j, sni in enumerate(snis):
+                add_sni(("certificates", i, "snis", j), sni)
+    for i, sni in _items(data.get("snis")):
+        add_sni(("snis", i), sni)
+        key = _ref_key(sni.get("certificate"))
+        if key is not None and key not in cert_ids:
+            issues.append((("snis", i, "certificate"), f"no certificate with id '{key}'"))
+
+    ca_ids: dict[str, tuple] = {}
+    for i, ca in _items(data.get("ca_certificates")):
+        unique(ca.get("id"), ("ca_certificates", i, "id"), ca_ids, "CA certificate id")
+        digest, cert = ca.get("cert_digest"), ca.get("cert")
+        if isinstance(digest, str) and isinstance(cert, str):
+            try:
+                actual = ca_digest(cert)
+            except PemError:
+                continue
+            if digest.lower() != actual:
+                issues.append((("ca_certificates", i, "cert_digest"),
+                               f"does not match the certificate (its sha256 is {actual})"))
+
+    for kind, entities in (("services", services), ("upstreams", upstreams)):
+        for i, e in entities:
+            key = _ref_key(e.get("client_certificate"))
+            if key is not None and key not in cert_ids:
+                issues.append(((kind, i, "client_certificate"), f"no certificate with id '{key}'"))
+    for i, s in services:
+        cas = s.get("ca_certificates")
+        if isinstance(cas, list):
+            for j, ref in enumerate(cas):
+                if isinstance(ref, str) and _is_uuid(ref) and ref not in ca_ids:  # a bad id has its own error
+                    issues.append((("services", i, "ca_certificates", j), f"no CA certificate with id '{ref}'"))
     return issues

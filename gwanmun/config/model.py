@@ -20,13 +20,25 @@ from functools import cached_property, lru_cache
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 __all__ = [
     "ActiveHealthcheck",
     "ActiveHealthy",
     "ActiveUnhealthy",
+    "CACertificateConfig",
+    "CertificateConfig",
     "DeclarativeConfig",
     "GatewayConfig",
     "HealthchecksConfig",
@@ -38,6 +50,7 @@ __all__ = [
     "RegexError",
     "RouteConfig",
     "ServiceConfig",
+    "SniConfig",
     "TARGET_DEFAULT_PORT",
     "TargetConfig",
     "UNSUPPORTED_FIELDS",
@@ -54,7 +67,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 
 KONG_PROTOCOLS = ("http", "https", "tcp", "tls", "tls_passthrough", "udp", "grpc", "grpcs", "ws", "wss")
-SUPPORTED_SERVICE_PROTOCOLS = ("http",)
+SUPPORTED_SERVICE_PROTOCOLS = ("http", "https")
 SUPPORTED_ROUTE_PROTOCOLS = ("http", "https")
 HTTPS_REDIRECT_STATUS_CODES = (426, 301, 302, 307, 308)
 KONG_ALGORITHMS = ("round-robin", "consistent-hashing", "least-connections", "latency", "sticky-sessions")
@@ -73,16 +86,12 @@ UNSUPPORTED_FIELDS: dict[str, dict[str, tuple[Any, ...]]] = {
         name: ()
         for name in (
             "_workspace", "_info", "_konnect", "_plugin_configs", "workspaces", "consumers", "consumer_groups",
-            "plugins", "certificates", "ca_certificates", "snis", "vaults", "keys", "key_sets", "filter_chains",
+            "plugins", "vaults", "keys", "key_sets", "filter_chains",
             "parameters", "partials", "licenses", "acls", "keyauth_credentials", "basicauth_credentials",
             "hmacauth_credentials", "jwt_secrets", "oauth2_credentials", "mtls_auth_credentials",
         )
     },
     "service": {
-        "client_certificate": (),
-        "tls_verify": (),
-        "tls_verify_depth": (),
-        "ca_certificates": (),
         "plugins": (),
         "filter_chains": (),
     },
@@ -96,27 +105,22 @@ UNSUPPORTED_FIELDS: dict[str, dict[str, tuple[Any, ...]]] = {
         "priority": (),
     },
     "upstream": {
-        "client_certificate": (),
         "use_srv_name": (False,),
-        "hash_on_header": (),
-        "hash_fallback_header": (),
-        "hash_on_cookie": (),
-        "hash_on_cookie_path": ("/",),
-        "hash_on_query_arg": (),
-        "hash_fallback_query_arg": (),
-        "hash_on_uri_capture": (),
-        "hash_fallback_uri_capture": (),
         "sticky_sessions_cookie": (),
         "sticky_sessions_cookie_path": ("/",),
     },
     "target": {},
+    "certificate": {},
+    "sni": {},
+    "ca_certificate": {},
     "gateway": {
         # kong.conf settings that have no gwanmun equivalent yet
         name: ()
         for name in (
             "real_ip_header", "real_ip_recursive", "headers", "headers_upstream", "admin_listen", "status_listen",
-            "stream_listen", "ssl_cert", "ssl_cert_key", "ssl_cipher_suite", "ssl_protocols", "client_ssl",
-            "dns_order", "dns_no_sync", "dns_cache_size", "nginx_worker_processes", "error_default_type",
+            "stream_listen", "client_ssl", "ssl_prefer_server_ciphers", "ssl_dhparam", "ssl_session_tickets",
+            "ssl_session_timeout", "ssl_session_cache_size",
+            "dns_order", "dns_no_sync", "dns_cache_size", "error_default_type",
             "proxy_error_log", "log_level", "lua_max_resp_headers", "lua_max_uri_args", "lua_max_post_args",
             "router_flavor", "allow_debug_header",
         )
@@ -133,6 +137,15 @@ GATEWAY_RENAMED = {
     "proxy_access_log": "access_log",
     "lua_max_req_headers": "max_headers",
     "nginx_http_keepalive_timeout": "keepalive_timeout",
+    "nginx_worker_processes": "workers",
+    "nginx_http_client_header_timeout": "client_header_timeout",
+    "nginx_http_client_body_timeout": "client_body_timeout",
+    "nginx_events_worker_connections": "max_connections",
+    # nginx directives injected through kong.conf (nginx_http_*/nginx_proxy_* prefixes)
+    "nginx_http_underscores_in_headers": "underscores_in_headers",
+    "nginx_proxy_underscores_in_headers": "underscores_in_headers",
+    "nginx_http_merge_slashes": "merge_slashes",
+    "nginx_proxy_merge_slashes": "merge_slashes",
 }
 
 
@@ -236,6 +249,7 @@ Tag = Annotated[str, Strict(), AfterValidator(_check_tag)]
 HeaderName = Annotated[str, Strict(), AfterValidator(_check_header_name)]
 Port = Annotated[int, Strict(), _between(0, 65535)]
 TimeoutMs = Annotated[int, Strict(), _between(1, MAX_TIMEOUT_MS)]
+DeadlineMs = Annotated[int, Strict(), _between(0, MAX_TIMEOUT_MS)]  # 0: none
 
 
 # ---- hosts and addresses (Kong's kong.tools.ip normalize_ip / check_hostname) ---------------------------------
@@ -323,6 +337,57 @@ def _check_sni(v: str) -> str:
         raise _err("sni", "invalid SNI '{value}': must not be an IP address", value=v)
     if port is not None:
         raise _err("sni", "invalid SNI '{value}': must not have a port", value=v)
+    return v
+
+
+def _check_sni_name(v: str) -> str:
+    """Kong's snis ``name`` (typedefs.wildcard_host): a hostname, ``*.example.com``, ``example.*`` or ``*`` (the
+    catch-all); no IP, no port. Lower-cased."""
+    v = v.lower()
+    if v == "*":
+        return v
+    if v.count("*") > 1:
+        raise _err("sni", "invalid SNI '{value}': only one wildcard must be specified", value=v)
+    if "*" in v and not (v.startswith("*.") or v.endswith(".*")):
+        raise _err("sni", "invalid SNI '{value}': the wildcard must be the leftmost or rightmost label "
+                          "('*.example.com' or 'example.*')", value=v)
+    try:
+        kind, _, port = parse_host_port(v.replace("*", "wildcard"))
+    except ValueError as e:
+        raise _err("sni", "invalid SNI '{value}': {reason}", value=v, reason=str(e)) from None
+    if kind != "name":
+        raise _err("sni", "invalid SNI '{value}': must not be an IP address", value=v)
+    if port is not None:
+        raise _err("sni", "invalid SNI '{value}': must not have a port", value=v)
+    return v
+
+
+def _check_pem_certificate(v: str) -> str:
+    from ..tls import PemError, load_pem_certificates  # cryptography is imported only by configs that use TLS
+
+    try:
+        load_pem_certificates(v)
+    except PemError as e:
+        raise _err("certificate", "{reason}", reason=str(e)) from None
+    return v
+
+
+def _check_pem_key(v: str) -> str:
+    from ..tls import PemError, load_pem_key
+
+    try:
+        load_pem_key(v)
+    except PemError as e:
+        raise _err("key", "{reason}", reason=str(e)) from None
+    return v
+
+
+def _check_ca_certificate(v: str) -> str:
+    from ..tls import ca_problems
+
+    problem = ca_problems(v)
+    if problem:
+        raise _err("certificate", "{reason}", reason=problem)
     return v
 
 
@@ -693,6 +758,27 @@ RoutePath = Annotated[str, Strict(), AfterValidator(_check_route_path)]
 RouteHeaderName = Annotated[str, Strict(), AfterValidator(_check_header_name)]
 
 
+class FaultDelayConfig(_Model):
+    """gwanmun: delay a share of a route's requests (chaos testing; Envoy's fault filter)."""
+
+    duration: Annotated[int, Strict(), _between(0, MAX_TIMEOUT_MS)] = 0  # ms
+    percentage: Annotated[float, Strict(), AllowInfNan(False), _between(0, 100)] = 100.0
+    header: HeaderName | None = None  # only requests with this header; a numeric value is the delay in ms
+
+
+class FaultAbortConfig(_Model):
+    """gwanmun: answer a share of a route's requests with an error status at once (chaos testing)."""
+
+    status: Annotated[int, Strict(), _between(200, 599)] = 503
+    percentage: Annotated[float, Strict(), AllowInfNan(False), _between(0, 100)] = 100.0
+    header: HeaderName | None = None  # only requests with this header; a numeric value is the status
+
+
+class FaultConfig(_Model):
+    delay: FaultDelayConfig | None = None
+    abort: FaultAbortConfig | None = None
+
+
 class RouteConfig(_Entity):
     """A Kong route. Matching fields: ``methods``, ``hosts``, ``paths``, ``headers`` (at least one is required).
 
@@ -719,6 +805,12 @@ class RouteConfig(_Entity):
     strip_path: Bool = True
     path_handling: Literal["v0", "v1"] = "v0"
     preserve_host: Bool = False
+    # gwanmun: timeouts for this route's requests, overriding its service's (ms; unset: the service's)
+    connect_timeout: TimeoutMs | None = None
+    write_timeout: TimeoutMs | None = None
+    read_timeout: TimeoutMs | None = None
+    request_timeout: DeadlineMs | None = None
+    fault: FaultConfig | None = None  # gwanmun: fault injection for chaos tests (delay and/or abort)
     request_buffering: Bool = True
     response_buffering: Bool = True
     service: Str | None = None
@@ -822,7 +914,7 @@ def _parse_service_url(url: str) -> dict[str, Any]:
     return {
         "protocol": scheme,
         "host": host,
-        "port": port if port is not None else SERVICE_DEFAULT_PORT,
+        "port": port if port is not None else (443 if scheme == "https" else SERVICE_DEFAULT_PORT),  # Kong's rule
         "path": parts.path or None,
     }
 
@@ -832,6 +924,8 @@ ServiceHost = Annotated[str, Strict(), AfterValidator(_check_host)]
 ServicePath = Annotated[str, Strict(), AfterValidator(_check_service_path)]
 
 _URL_PARTS = ("protocol", "host", "port", "path")
+# Kong's services entity checks: these are only allowed (non-null) when the protocol is https.
+_TLS_SERVICE_FIELDS = ("client_certificate", "tls_verify", "tls_verify_depth", "ca_certificates")
 
 
 class ServiceConfig(_Entity):
@@ -856,11 +950,27 @@ class ServiceConfig(_Entity):
     connect_timeout: TimeoutMs = 60000
     write_timeout: TimeoutMs = 60000
     read_timeout: TimeoutMs = 60000
+    request_timeout: DeadlineMs = 0  # gwanmun: overall deadline per request, ms (Envoy's route timeout); 0: none
     enabled: Bool = True
+    # TLS to the upstream (protocol https only): see gwanmun/tls.py
+    client_certificate: Str | None = None  # a certificate id, presented for mutual TLS
+    tls_verify: Bool | None = None  # unset: off, as in Kong (nginx's proxy_ssl_verify)
+    tls_verify_depth: Annotated[int, Strict(), _between(0, 64)] | None = None  # unset: 1 (nginx's default)
+    ca_certificates: list[Id] | None = None  # ca_certificates ids; unset: the system's trust store
     routes: list[RouteConfig] = Field(default_factory=list)
 
     @classmethod
     def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data = cls._prepare_url(data)
+        protocol = data.get("protocol", "http")
+        if protocol != "https" and isinstance(protocol, str):
+            for k in _TLS_SERVICE_FIELDS:
+                if data.get(k) is not None and data.get(k) != []:
+                    data = {**data, k: _Sentinel(f"'{k}' is only allowed when 'protocol' is 'https' (Kong's rule)")}
+        return data
+
+    @classmethod
+    def _prepare_url(cls, data: dict[str, Any]) -> dict[str, Any]:
         url = data.get("url")
         if url is None and data.get("host") is None:
             data = {**data, "host": _Sentinel("field 'host' is required (set 'host' or 'url')")}
@@ -886,10 +996,15 @@ class ServiceConfig(_Entity):
             }
         return data
 
-    @field_validator("host", mode="before")
+    @field_validator("host", "tls_verify", "tls_verify_depth", "ca_certificates", mode="before")
     @classmethod
     def _host_present(cls, v: Any) -> Any:
         return _reject_sentinel(v)
+
+    @field_validator("client_certificate", mode="before")
+    @classmethod
+    def _certificate_ref(cls, v: Any) -> Any:
+        return _reference("certificate")(v)
 
     @field_validator("url", mode="before")
     @classmethod
@@ -921,8 +1036,7 @@ def _zero_only(what: str):
         if v != 0:
             raise _err(
                 "unsupported",
-                "health checks are not supported by gwanmun yet: {what} must be 0 (Kong's default, which disables "
-                "them), got {value}",
+                "{what} is not supported by gwanmun yet: it must be 0 (Kong's default), got {value}",
                 what=what, value=v,
             )
         return v
@@ -944,17 +1058,17 @@ HcType = Annotated[str, Strict(), AfterValidator(_check_hc_type)]
 
 
 class ActiveHealthy(_Model):
-    interval: Annotated[Seconds, _zero_only("'interval'")] = 0
+    interval: Seconds = 0  # seconds between probes of healthy targets; 0: none
     http_statuses: HttpStatuses = Field(default_factory=lambda: [200, 302])
-    successes: Annotated[HcCount, _zero_only("'successes'")] = 0
+    successes: HcCount = 0
 
 
 class ActiveUnhealthy(_Model):
-    interval: Annotated[Seconds, _zero_only("'interval'")] = 0
+    interval: Seconds = 0  # seconds between probes of unhealthy targets; 0: none
     http_statuses: HttpStatuses = Field(default_factory=lambda: [429, 404, 500, 501, 502, 503, 504, 505])
-    tcp_failures: Annotated[HcCount, _zero_only("'tcp_failures'")] = 0
-    timeouts: Annotated[HcCount, _zero_only("'timeouts'")] = 0
-    http_failures: Annotated[HcCount, _zero_only("'http_failures'")] = 0
+    tcp_failures: HcCount = 0
+    timeouts: HcCount = 0
+    http_failures: HcCount = 0
 
 
 class ActiveHealthcheck(_Model):
@@ -974,14 +1088,14 @@ class PassiveHealthy(_Model):
         default_factory=lambda: [200, 201, 202, 203, 204, 205, 206, 207, 208, 226,
                                  300, 301, 302, 303, 304, 305, 306, 307, 308]
     )
-    successes: Annotated[HcCount, _zero_only("'successes'")] = 0
+    successes: HcCount = 0
 
 
 class PassiveUnhealthy(_Model):
     http_statuses: HttpStatuses = Field(default_factory=lambda: [429, 500, 503])
-    tcp_failures: Annotated[HcCount, _zero_only("'tcp_failures'")] = 0
-    timeouts: Annotated[HcCount, _zero_only("'timeouts'")] = 0
-    http_failures: Annotated[HcCount, _zero_only("'http_failures'")] = 0
+    tcp_failures: HcCount = 0
+    timeouts: HcCount = 0
+    http_failures: HcCount = 0
 
 
 class PassiveHealthcheck(_Model):
@@ -991,11 +1105,21 @@ class PassiveHealthcheck(_Model):
 
 
 class HealthchecksConfig(_Model):
-    """Kong's upstream ``healthchecks`` record with Kong's defaults. Accepted only with every check disabled."""
+    """Kong's upstream ``healthchecks`` record with Kong's defaults (run by gwanmun/upstream/health.py). Active checks
+    run when an interval is > 0; passive ones when a passive threshold is > 0. Not supported yet: ``threshold`` other
+    than 0 and grpc/grpcs active checks."""
 
     active: ActiveHealthcheck = Field(default_factory=ActiveHealthcheck)
     passive: PassiveHealthcheck = Field(default_factory=PassiveHealthcheck)
-    threshold: Annotated[float, Strict(), AllowInfNan(False), _between(0, 100), _zero_only("'threshold'")] = 0
+    threshold: Annotated[float, Strict(), AllowInfNan(False), _between(0, 100), _zero_only("healthchecks 'threshold'")] = 0
+
+    @model_validator(mode="after")
+    def _active_type(self) -> HealthchecksConfig:
+        a = self.active
+        if a.type in ("grpc", "grpcs") and (a.healthy.interval or a.unhealthy.interval):
+            raise _err("unsupported", "active health checks of type '{value}' are not supported by gwanmun yet "
+                       "(use http, https or tcp)", value=a.type)
+        return self
 
 
 def _check_target(v: str) -> str:
@@ -1042,8 +1166,11 @@ class TargetConfig(_Entity):
         return self.host, self.port
 
 
+SUPPORTED_ALGORITHMS = ("round-robin", "consistent-hashing", "least-connections", "latency")
+
+
 def _check_algorithm(v: str) -> str:
-    if v == "round-robin":
+    if v in SUPPORTED_ALGORITHMS:
         return v
     if v in KONG_ALGORITHMS:
         raise _unsupported(f"algorithm '{v}'")
@@ -1052,14 +1179,57 @@ def _check_algorithm(v: str) -> str:
 
 
 def _check_hash_on(v: str) -> str:
-    if v == "none":
-        return v
     if v in KONG_HASH_ON:
-        raise _unsupported(f"hashing on '{v}'")
+        return v
     raise _err("enum", "invalid value '{value}': expected one of {expected}", value=v, expected=", ".join(KONG_HASH_ON))
 
 
 HashOn = Annotated[str, Strict(), AfterValidator(_check_hash_on)]
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 7230 token (Kong: utils.validate_cookie_name)
+
+
+def _check_cookie_name(v: str) -> str:
+    if not _COOKIE_NAME.fullmatch(v):
+        raise _err("cookie_name", "invalid cookie name '{value}': must be an HTTP token", value=v)
+    return v
+
+
+def _nonempty(v: str) -> str:
+    if not v:
+        raise _err("empty", "must not be empty")
+    return v
+
+
+HeaderName = Annotated[str, Strict(), AfterValidator(_check_header_name)]
+_HASH_NAMES = {"header": "header", "query_arg": "query_arg", "uri_capture": "uri_capture"}
+
+
+def _hash_checks(data: dict[str, Any]) -> dict[str, str]:
+    """Kong's upstream entity checks on the hash fields: {field: message} for each field in error."""
+    out: dict[str, str] = {}
+    on, fb = data.get("hash_on", "none"), data.get("hash_fallback", "none")
+    if not isinstance(on, str) or not isinstance(fb, str):
+        return out
+    for kind, field in (("header", "header"), ("query_arg", "query_arg"), ("uri_capture", "uri_capture")):
+        if on == kind and data.get(f"hash_on_{field}") is None:
+            out[f"hash_on_{field}"] = f"field 'hash_on_{field}' is required when hash_on is '{kind}'"
+        if fb == kind and data.get(f"hash_fallback_{field}") is None:
+            out[f"hash_fallback_{field}"] = f"field 'hash_fallback_{field}' is required when hash_fallback is '{kind}'"
+        a, b = data.get(f"hash_on_{field}"), data.get(f"hash_fallback_{field}")
+        if on == kind and fb == kind and isinstance(a, str) and isinstance(b, str):
+            if (a.lower() == b.lower()) if kind == "header" else (a == b):
+                out[f"hash_fallback_{field}"] = f"must differ from hash_on_{field} ('{a}')"
+    if "cookie" in (on, fb) and data.get("hash_on_cookie") is None:
+        which = "hash_on" if on == "cookie" else "hash_fallback"
+        out["hash_on_cookie"] = f"field 'hash_on_cookie' is required when {which} is 'cookie'"
+    if fb != "none":
+        if on == "none":
+            out["hash_fallback"] = f"must be 'none' when hash_on is 'none', got '{fb}'"
+        elif on == "cookie":
+            out["hash_fallback"] = f"must be 'none' when hash_on is 'cookie' (a cookie is always there: the gateway sets it), got '{fb}'"
+        elif fb == on and on not in _HASH_NAMES:
+            out["hash_fallback"] = f"must differ from hash_on ('{on}')"
+    return out
 
 
 class UpstreamConfig(_Entity):
@@ -1074,8 +1244,17 @@ class UpstreamConfig(_Entity):
     slots: Annotated[int, Strict(), _between(10, 2**16)] = 10000
     hash_on: HashOn = "none"
     hash_fallback: HashOn = "none"
+    hash_on_header: HeaderName | None = None
+    hash_fallback_header: HeaderName | None = None
+    hash_on_cookie: Annotated[str, Strict(), AfterValidator(_check_cookie_name)] | None = None
+    hash_on_cookie_path: ServicePath = "/"
+    hash_on_query_arg: Annotated[str, Strict(), AfterValidator(_nonempty)] | None = None
+    hash_fallback_query_arg: Annotated[str, Strict(), AfterValidator(_nonempty)] | None = None
+    hash_on_uri_capture: Annotated[str, Strict(), AfterValidator(_nonempty)] | None = None
+    hash_fallback_uri_capture: Annotated[str, Strict(), AfterValidator(_nonempty)] | None = None
     host_header: Annotated[str, Strict(), AfterValidator(_check_host_with_optional_port)] | None = None
     healthchecks: HealthchecksConfig = Field(default_factory=HealthchecksConfig)
+    client_certificate: Str | None = None  # certificate id: Kong's fallback for https services without their own
     targets: list[TargetConfig] = Field(default_factory=list)
 
     @classmethod
@@ -1090,9 +1269,108 @@ class UpstreamConfig(_Entity):
                     message="a target nested under an upstream must not set 'upstream'",
                 ),
             }
+        problems = _hash_checks(data)  # reported at the field's own location (see _Sentinel)
+        if problems:
+            data = {**data, **{k: _Sentinel(m) for k, m in problems.items()}}
         return data
 
+    @field_validator("hash_on", "hash_fallback", "hash_on_header", "hash_fallback_header", "hash_on_cookie",
+                     "hash_on_query_arg", "hash_fallback_query_arg", "hash_on_uri_capture",
+                     "hash_fallback_uri_capture", mode="before")
+    @classmethod
+    def _hash_sentinels(cls, v: Any) -> Any:
+        return _reject_sentinel(v)
+
+    @field_validator("hash_on_cookie_path", mode="before")
+    @classmethod
+    def _default_cookie_path(cls, v: Any) -> Any:
+        return "/" if v is None else v
+
     @field_validator("tags", "targets", mode="before")
+    @classmethod
+    def _nullable_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @field_validator("client_certificate", mode="before")
+    @classmethod
+    def _certificate_ref(cls, v: Any) -> Any:
+        return _reference("certificate")(v)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Certificates, SNIs, CA certificates (TLS; see gwanmun/tls.py)
+# --------------------------------------------------------------------------------------------------------------
+
+SniName = Annotated[str, Strict(), AfterValidator(_check_sni_name)]
+PemCertificate = Annotated[str, Strict(), AfterValidator(_check_pem_certificate)]
+PemKey = Annotated[str, Strict(), AfterValidator(_check_pem_key)]
+
+
+class SniConfig(_Entity):
+    """A Kong SNI: a server name whose TLS handshakes are served with a certificate. Nested under its certificate
+    (``snis: [name, ...]`` or ``[{name: ...}]``), or top-level with ``certificate: {id: ...}``."""
+
+    _kind: ClassVar[str] = "sni"
+
+    id: Id | None = None
+    name: SniName
+    tags: list[Tag] = Field(default_factory=list)
+    certificate: Str | None = None  # only on top-level snis: the certificate's id
+
+    @field_validator("certificate", mode="before")
+    @classmethod
+    def _certificate_ref(cls, v: Any) -> Any:
+        return _reference("certificate")(v)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _nullable_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+
+class CertificateConfig(_Entity):
+    """A Kong certificate: a PEM certificate (a leaf, optionally followed by its chain) and its private key, plus an
+    optional alternate pair of another key type (``cert_alt``/``key_alt``, e.g. ECDSA beside RSA). Key material is
+    kept out of ``repr``. Cross-field checks (key matches certificate, ...) are in ``gwanmun.config.load``."""
+
+    _kind: ClassVar[str] = "certificate"
+
+    id: Id | None = None
+    cert: PemCertificate
+    key: PemKey = Field(repr=False)
+    cert_alt: PemCertificate | None = None
+    key_alt: PemKey | None = Field(default=None, repr=False)
+    tags: list[Tag] = Field(default_factory=list)
+    snis: list[SniConfig] = Field(default_factory=list)
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        snis = data.get("snis")
+        if isinstance(snis, list):
+            snis = [{"name": s} if isinstance(s, str) else s for s in snis]  # the Admin API's shorthand
+            data = {**data, "snis": _mark_refs(
+                snis, "certificate", must_have=False,
+                message="an SNI nested under a certificate must not set 'certificate'",
+            )}
+        return data
+
+    @field_validator("tags", "snis", mode="before")
+    @classmethod
+    def _nullable_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+
+class CACertificateConfig(_Entity):
+    """A Kong CA certificate: one CA that services with ``tls_verify`` trust (``ca_certificates: [id, ...]``)."""
+
+    _kind: ClassVar[str] = "ca_certificate"
+
+    id: Id | None = None
+    cert: Annotated[str, Strict(), AfterValidator(_check_pem_certificate), AfterValidator(_check_ca_certificate)]
+    cert_digest: Str | None = None  # Kong computes it (sha256 of the DER, hex); checked when given
+    tags: list[Tag] = Field(default_factory=list)
+
+    @field_validator("tags", mode="before")
     @classmethod
     def _nullable_list(cls, v: Any) -> Any:
         return [] if v is None else v
@@ -1103,15 +1381,35 @@ class UpstreamConfig(_Entity):
 # --------------------------------------------------------------------------------------------------------------
 
 
+# kong.conf proxy_listen flags; gwanmun implements ``ssl``.
+KONG_LISTEN_FLAGS = ("ssl", "http2", "proxy_protocol", "deferred", "bind", "reuseport", "backlog", "ipv6only",
+                     "so_keepalive")
+
+
 class _ListenFlags(Exception):
     pass
+
+
+def _listen_flags(v: str) -> tuple[str, bool]:
+    """``'0.0.0.0:8443 ssl'`` -> ('0.0.0.0:8443', True). Raises ``_ListenFlags`` (unsupported) or ValueError."""
+    parts = v.split()
+    tls = False
+    for flag in parts[1:]:
+        name = flag.split("=", 1)[0]
+        if flag == "ssl":
+            tls = True
+        elif name in KONG_LISTEN_FLAGS:
+            raise _ListenFlags(flag)
+        else:
+            raise ValueError(f"unknown flag '{flag}' (Kong's proxy_listen flags: {', '.join(KONG_LISTEN_FLAGS)})")
+    return (parts[0] if parts else ""), tls
 
 
 def _parse_listen(v: str) -> tuple[str, int]:
     if not v or v != v.strip():
         raise ValueError("expected host:port")
     if " " in v or "\t" in v:
-        raise _ListenFlags(v.split(None, 1)[1])
+        v = _listen_flags(v)[0]
     if v.startswith("["):
         end = v.find("]")
         if end < 0 or not v[end + 1 :].startswith(":"):
@@ -1133,7 +1431,8 @@ def _check_listen(v: str) -> str:
     try:
         _parse_listen(v)
     except _ListenFlags as e:
-        raise _err("unsupported", "listen flags ('{flags}') are not supported by gwanmun yet", flags=str(e)) from None
+        raise _err("unsupported", "listen flag '{flag}' is not supported by gwanmun yet (only 'ssl' is)",
+                   flag=str(e)) from None
     except ValueError as e:
         raise _err("listen", "invalid listen address '{value}': {reason}", value=v, reason=str(e)) from None
     return v
@@ -1163,7 +1462,81 @@ def _check_access_log(v: str) -> str:
     return v
 
 
+def _read_ssl_file(v: str) -> str:
+    """kong.conf's ``ssl_cert``/``ssl_cert_key`` value: the PEM text itself, or a file path."""
+    if "-----BEGIN" in v:
+        return v
+    with open(v, encoding="utf-8") as f:
+        return f.read()
+
+
+def _check_ssl_file(v: str) -> str:
+    if "-----BEGIN" in v:
+        return v
+    try:
+        _read_ssl_file(v)
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise _err("ssl_file", "cannot read '{path}': {reason}", path=v, reason=reason) from None
+    return v
+
+
+def _check_cipher_suite(v: str) -> str:
+    if v in ("modern", "intermediate", "custom"):
+        return v
+    if v in ("old", "fips"):
+        raise _unsupported(f"ssl_cipher_suite '{v}' (TLS 1.2 is the minimum)")
+    raise _err("enum", "invalid ssl_cipher_suite '{value}': expected modern, intermediate or custom", value=v)
+
+
+def _check_ssl_protocols(v: str) -> str:
+    names = v.split()
+    if not names:
+        raise _err("ssl_protocols", "must list at least one of TLSv1.2, TLSv1.3")
+    for name in names:
+        if name in ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1"):
+            raise _err("ssl_protocols", "{name} is not offered by gwanmun: TLS 1.2 is the minimum", name=name)
+        if name not in ("TLSv1.2", "TLSv1.3"):
+            raise _err("ssl_protocols", "unknown protocol '{name}': expected TLSv1.2 and/or TLSv1.3", name=name)
+    return v
+
+
+def _check_ssl_ciphers(v: str) -> str:
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(v)
+    except ssl.SSLError:
+        raise _err("ssl_ciphers", "no cipher in '{value}' is known to OpenSSL", value=v) from None
+    return v
+
+
 PositiveInt = Annotated[int, Strict(), _between(1, 2**31 - 1)]
+
+
+MAX_WORKERS = 1024
+
+
+def _check_workers(v: Any) -> int | str:
+    if isinstance(v, str) and v == "auto":
+        return v
+    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WORKERS:
+        return v
+    shown = f"'{v}'" if isinstance(v, str) else "a boolean" if isinstance(v, bool) else str(v)
+    raise _err("workers", "expected a number of worker processes from 1 to {max} or 'auto', got {value}",
+               max=MAX_WORKERS, value=shown)
+
+
+def _check_pid_file(v: str) -> str:
+    if not v.strip():
+        raise _err("pid_file", "must be a file path or 'off'")
+    return v
+
+
+def _check_watch_interval(v: float) -> float:
+    if 0 < v < 0.1:
+        raise _err("out_of_range", "must be 0 (do not watch) or at least 0.1 seconds, got {value}", value=v)
+    return v
 NonNegativeSeconds = Annotated[float, Strict(), AllowInfNan(False), _at_least(0)]
 
 
@@ -1184,12 +1557,35 @@ class GatewayConfig(_Entity):
         # YAML 1.1 reads a bare ``off`` as false; ``access_log: off`` is what an nginx user writes.
         return "off" if v is False else v
 
+    # HTTPS listeners (``listen: ["0.0.0.0:8443 ssl"]``); see gwanmun/tls.py. kong.conf names.
+    ssl_cert: list[Annotated[str, Strict(), AfterValidator(_check_ssl_file)]] = Field(default_factory=list)
+    ssl_cert_key: list[Annotated[str, Strict(), AfterValidator(_check_ssl_file)]] = Field(
+        default_factory=list, repr=False
+    )
+    ssl_cipher_suite: Annotated[str, Strict(), AfterValidator(_check_cipher_suite)] = "intermediate"
+    ssl_protocols: Annotated[str, Strict(), AfterValidator(_check_ssl_protocols)] = "TLSv1.2 TLSv1.3"
+    ssl_ciphers: Annotated[str, Strict(), AfterValidator(_check_ssl_ciphers)] | None = None
+
+    @field_validator("ssl_cert", "ssl_cert_key", mode="before")
+    @classmethod
+    def _one_or_more(cls, v: Any) -> Any:
+        return [] if v is None else [v] if isinstance(v, str) else v
+
     request_id_header: HeaderName = "X-Request-ID"
     via_header: Bool = True
     max_request_line: PositiveInt = 8192
     max_header_size: PositiveInt = 61440
     max_headers: PositiveInt = 100
+    # Request hardening (gwanmun/http/normalize.py, gwanmun/http/validate.py; README "Request hardening").
+    underscores_in_headers: Bool = False  # nginx's default: fields with '_' in their name are dropped
+    merge_slashes: Bool = True  # nginx's default, and Kong's router: '//a' is '/a'
+    escaped_slashes: Literal["keep", "reject"] = "keep"  # '%2F'/'%5C' in a path (Envoy: KEEP_UNCHANGED)
     keepalive_timeout: NonNegativeSeconds = 75.0
+    # Edge limits, nginx's defaults (0 disables): a head must arrive within client_header_timeout (else 408 and
+    # close: slowloris), and a body may pause at most client_body_timeout between reads.
+    client_header_timeout: NonNegativeSeconds = 60.0
+    client_body_timeout: NonNegativeSeconds = 60.0
+    max_connections: Annotated[int, Strict(), _between(0, 2**31 - 1)] = 16384  # per worker; 0: no cap
     upstream_keepalive_pool_size: Annotated[int, Strict(), _between(0, 2**31 - 1)] = 512
     upstream_keepalive_max_requests: Annotated[int, Strict(), _between(0, 2**31 - 1)] = 10000
     upstream_keepalive_idle_timeout: NonNegativeSeconds = 60.0
@@ -1199,6 +1595,16 @@ class GatewayConfig(_Entity):
     dns_not_found_ttl: NonNegativeSeconds = 30.0
     dns_error_ttl: NonNegativeSeconds = 1.0
     dns_valid_ttl: NonNegativeSeconds | None = None
+    # The process model (gwanmun.process); docs/config.md says which of these a reload applies.
+    workers: Annotated[int | Literal["auto"], PlainValidator(_check_workers)] = "auto"
+    shutdown_timeout: NonNegativeSeconds = 10.0
+    pid_file: Annotated[str, Strict(), AfterValidator(_check_pid_file)] | None = None
+    config_watch_interval: Annotated[NonNegativeSeconds, AfterValidator(_check_watch_interval)] = 1.0
+
+    @field_validator("pid_file", mode="before")
+    @classmethod
+    def _pid_file_off(cls, v):
+        return "off" if v is False else v  # YAML 1.1 reads a bare ``off`` as false
 
     @field_validator("trusted_ips", "dns_resolver", mode="before")
     @classmethod
@@ -1219,6 +1625,40 @@ class GatewayConfig(_Entity):
     def listen_addresses(self) -> list[tuple[str, int]]:
         """``listen`` parsed into (host, port); '*' and an empty host mean 0.0.0.0; IPv6 without brackets."""
         return [_parse_listen(v) for v in self.listen]
+
+    def listeners(self) -> list[tuple[str, int, bool]]:
+        """``listen`` parsed into (host, port, tls): ``tls`` is True for an entry with Kong's ``ssl`` flag."""
+        return [(*_parse_listen(v), _listen_flags(v)[1]) for v in self.listen]
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> GatewayConfig:
+        if len(self.ssl_cert) != len(self.ssl_cert_key):
+            raise _err("ssl_cert", "ssl_cert and ssl_cert_key must list as many entries ({certs} and {keys})",
+                       certs=len(self.ssl_cert), keys=len(self.ssl_cert_key))
+        if self.ssl_cipher_suite == "custom" and not self.ssl_ciphers:
+            raise _err("ssl_ciphers", "ssl_cipher_suite 'custom' needs ssl_ciphers")
+        if self.ssl_ciphers and self.ssl_cipher_suite != "custom":
+            raise _err("ssl_ciphers", "ssl_ciphers is only used with ssl_cipher_suite: custom (the suite "
+                                      "'{suite}' has its own list)", suite=self.ssl_cipher_suite)
+        if self.ssl_cipher_suite == "modern" and "TLSv1.3" not in self.ssl_protocols.split():
+            raise _err("ssl_protocols", "ssl_cipher_suite 'modern' is TLS 1.3 only, but ssl_protocols does not list "
+                                        "TLSv1.3")
+        from ..tls import PemError, cert_key_problems, key_type, load_pem_certificates, load_pem_key
+
+        keys = set()
+        for i, (cert_file, key_file) in enumerate(zip(self.ssl_cert, self.ssl_cert_key)):
+            cert, key = _read_ssl_file(cert_file), _read_ssl_file(key_file)
+            try:
+                load_pem_certificates(cert)
+                keys.add(key_type(load_pem_key(key)))
+            except PemError as e:
+                raise _err("ssl_cert", "ssl_cert[{i}]/ssl_cert_key[{i}]: {reason}", i=i, reason=str(e)) from None
+            problem = cert_key_problems(cert, key)
+            if problem:
+                raise _err("ssl_cert", "ssl_cert[{i}] and ssl_cert_key[{i}]: {reason}", i=i, reason=problem)
+        if len(keys) < len(self.ssl_cert):
+            raise _err("ssl_cert", "each ssl_cert must have a different key type (e.g. RSA and ECDSA)")
+        return self
 
     def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(v, strict=False) for v in self.trusted_ips]
@@ -1253,6 +1693,9 @@ class DeclarativeConfig(_Entity):
     routes: list[RouteConfig] = Field(default_factory=list)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     targets: list[TargetConfig] = Field(default_factory=list)
+    certificates: list[CertificateConfig] = Field(default_factory=list)
+    snis: list[SniConfig] = Field(default_factory=list)
+    ca_certificates: list[CACertificateConfig] = Field(default_factory=list)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
 
     @classmethod
@@ -1263,7 +1706,7 @@ class DeclarativeConfig(_Entity):
             data["_format_version"] = repr(fv)
         if data.get("gateway", 0) is None:
             del data["gateway"]
-        for key in ("services", "routes", "upstreams", "targets"):
+        for key in ("services", "routes", "upstreams", "targets", "certificates", "snis", "ca_certificates"):
             if key in data and data[key] is None:
                 data[key] = []
         if "routes" in data:
@@ -1275,6 +1718,11 @@ class DeclarativeConfig(_Entity):
             data["targets"] = _mark_refs(
                 data["targets"], "upstream", must_have=True,
                 message="field 'upstream' is required for a top-level target (or nest it under its upstream)",
+            )
+        if "snis" in data:
+            data["snis"] = _mark_refs(
+                data["snis"], "certificate", must_have=True,
+                message="field 'certificate' is required for a top-level SNI (or nest it under its certificate)",
             )
         return data
 
@@ -1322,6 +1770,32 @@ class DeclarativeConfig(_Entity):
         for t in self.targets:
             if t.upstream is not None and self.get_upstream(t.upstream) is upstream:
                 out.append(t)
+        return out
+
+    def get_certificate(self, ref: str) -> CertificateConfig | None:
+        """The certificate with this id (certificates have no name), else None."""
+        for c in self.certificates:
+            if c.id == ref:
+                return c
+        return None
+
+    def get_ca_certificate(self, ref: str) -> CACertificateConfig | None:
+        for c in self.ca_certificates:
+            if c.id == ref:
+                return c
+        return None
+
+    def all_snis(self) -> list[tuple[str, CertificateConfig]]:
+        """Every SNI name with its certificate: nested ones (in file order), then top-level ones.
+
+        Raises ``LookupError`` for a top-level SNI whose certificate does not exist (``load_*`` rejects those).
+        """
+        out = [(sni.name, c) for c in self.certificates for sni in c.snis]
+        for sni in self.snis:
+            c = self.get_certificate(sni.certificate) if sni.certificate is not None else None
+            if c is None:
+                raise LookupError(f"sni {sni.name}: no certificate {sni.certificate!r}")
+            out.append((sni.name, c))
         return out
 
     def all_routes(self) -> list[tuple[RouteConfig, ServiceConfig]]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 import orjson
 
-from ..proxy import Exchange, error_head
+from ..proxy import Exchange, strip_port, error_head
 
 if TYPE_CHECKING:
     from ..server import Worker
@@ -39,6 +39,7 @@ class DownstreamProtocol(asyncio.Protocol):
     PAUSE_PIPELINE = 1
     PAUSE_UPSTREAM = 2
     PAUSE_BODY = 4
+    PAUSE_UPGRADE = 8  # an upgrade request awaits the upstream's answer: what follows is held, not parsed
 
     __slots__ = (
         "worker",
@@ -69,6 +70,17 @@ class DownstreamProtocol(asyncio.Protocol):
         "idle_timer",
         "pending_error",
         "_advancing",
+        "host_seen",
+        "host_fwd",
+        "log_host",
+        "log_host_json",
+        "newest",
+        "upgrade_ex",
+        "held",
+        "tunnel",
+        "in_head",
+        "head_t0",
+        "timer_due",
     )
 
     def __init__(self, worker: Worker, port: int, scheme: str = "http") -> None:
@@ -95,6 +107,17 @@ class DownstreamProtocol(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.pending_error: tuple[int, str] | None = None
         self._advancing = False
+        self.host_seen = b""  # the last Host value, and its X-Forwarded-Host form (keep-alive clients repeat it)
+        self.host_fwd = b""
+        self.log_host = ""  # the last Host, and it JSON-encoded, for the access log
+        self.log_host_json = b'""'
+        self.newest: Exchange | None = None  # the exchange of the last complete head
+        self.upgrade_ex: Exchange | None = None  # an upgrade request waiting for the upstream's answer
+        self.held = b""  # bytes the client sent after that request, held until the answer (see data_received)
+        self.tunnel: Exchange | None = None  # the exchange that switched protocols: bytes now pass through it
+        self.in_head = False  # a request head has begun and is not complete (for client_header_timeout)
+        self.head_t0 = 0.0
+        self.timer_due = 0.0
 
     # -- connection lifecycle ---------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -120,7 +143,12 @@ class DownstreamProtocol(asyncio.Protocol):
         )
         worker.connections.add(self)
         self.last_active = worker.loop.time()
-        self._arm_idle()
+        if 0 < settings.max_connections < len(worker.connections):
+            # Over this worker's cap: answer at once and close, rather than serve slowly (Envoy's overload
+            # manager answers 503 too); the cap protects what the worker already serves.
+            self._write_error(503, "too many connections")
+            return
+        self._arm_timer(self.last_active + settings.keepalive_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -140,14 +168,30 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.worker.loop.time()
+        tunnel = self.tunnel
+        if tunnel is not None:  # a switched protocol (WebSocket): pass the bytes through
+            tunnel.tunnel_up(data)
+            return
+        if self.upgrade_ex is not None:
+            self.held += data  # reading is paused; this is what was already on its way
+            return
         while data:
             try:
                 self.parser.feed_data(data)
                 data = b""
             except httptools.HttpParserUpgrade as exc:
-                # WebSocket and other upgrades come in a later release. Until then the request was proxied as plain
-                # HTTP (Upgrade is hop-by-hop and dropped), and the parser goes on with the bytes after it.
-                data = data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b""
+                # A request with "Connection: upgrade" (or CONNECT) is complete. Whatever follows it is not
+                # HTTP unless the upstream refuses the upgrade, so it is held, unparsed, until the upstream
+                # answers: 101 makes the connection a tunnel (see start_tunnel), anything else resumes HTTP
+                # parsing with the held bytes (exchange_done). Never guessing closes WebSocket smuggling.
+                rest = data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b""
+                ex = self.newest
+                if ex is not None and not ex.finished and not self.closing:
+                    self.upgrade_ex = ex
+                    self.held = rest
+                    self.pause(self.PAUSE_UPGRADE)
+                    break
+                data = rest
             except httptools.HttpParserCallbackError as exc:
                 cause = exc.__context__
                 if isinstance(cause, _HeadTooLarge):
@@ -162,6 +206,8 @@ class DownstreamProtocol(asyncio.Protocol):
         ex = self.current
         if ex is not None and ex.up_buf:
             ex.flush_upstream()
+        if self.in_head or self.parsing is not None:
+            self._watch_client()
 
     def eof_received(self) -> bool:
         # The client closed its side. As nginx (proxy_ignore_client_abort off) and Envoy do, a request in flight is
@@ -170,7 +216,10 @@ class DownstreamProtocol(asyncio.Protocol):
         return False
 
     # -- httptools request-parser callbacks ---------------------------------------------------------------------------
-    # No on_message_begin: the request state is reset when a head is handed over (one callback less per request).
+    def on_message_begin(self) -> None:
+        self.in_head = True  # client_header_timeout counts from the read that began the head
+        self.head_t0 = self.last_active
+
     def on_url(self, url: bytes) -> None:
         if self.url:
             url = self.url + url  # the request line arrived in pieces
@@ -189,6 +238,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        self.in_head = False
         # keepalive_timeout 0 disables client keep-alive, as in nginx
         keep_alive = parser.should_keep_alive() and not self.closing and self.keepalive
         ex = Exchange(
@@ -207,6 +257,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.headers = []
         self.head_size = 0
         self.parsing = ex
+        self.newest = ex
         if self.current is None and not self.queue:
             self.current = ex
             ex.start()
@@ -225,6 +276,13 @@ class DownstreamProtocol(asyncio.Protocol):
         if ex is not None:
             ex.request_done()
 
+    def forwarded_host(self, host: bytes) -> bytes:
+        """``host`` without its port, for X-Forwarded-Host; remembered, since a connection rarely changes Host."""
+        if host != self.host_seen:
+            self.host_seen = host
+            self.host_fwd = strip_port(host)
+        return self.host_fwd
+
     # -- flow control ------------------------------------------------------------------------------------------------
     def pause(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
@@ -236,6 +294,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self.paused &= ~reason
             if not self.paused and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
+                self.last_active = self.worker.loop.time()  # a wait we imposed is not the client's idle time
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -254,12 +313,30 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         self.current = None
         self.last_active = self.worker.loop.time()
+        if self.tunnel is ex:
+            self.tunnel = None
         if not ex.keep_alive:
             self.close()
             return
+        if ex is self.upgrade_ex:
+            # The upstream did not switch protocols: the connection stays HTTP, and what the client sent after
+            # the upgrade request is parsed as HTTP now.
+            self.upgrade_ex = None
+            held = self.held
+            self.held = b""
+            self.resume(self.PAUSE_UPGRADE)
+            if held:
+                self.data_received(held)
+                if self._answering():  # the held bytes began a request, already started
+                    return
         if self._advancing:  # called from inside _advance: it loops instead of recursing
             return
         self._advance()
+
+    def _answering(self) -> bool:
+        """``self.current is not None``, read afresh: after ``self.current = None`` in the caller, mypy narrows the
+        attribute to None and compiled code would reject the exchange a nested call has set since."""
+        return self.current is not None
 
     def _advance(self) -> None:
         self._advancing = True
@@ -326,22 +403,64 @@ class DownstreamProtocol(asyncio.Protocol):
         if t is not None:
             t.abort()
 
-    # -- keep-alive idle timeout ---------------------------------------------------------------------------------------
-    def _arm_idle(self) -> None:
-        timeout = self.worker.holder.current.settings.keepalive_timeout
-        if timeout > 0:
-            self.idle_timer = self.worker.loop.call_at(self.last_active + timeout, self._on_idle)
+    # -- protocol switch (WebSocket) ------------------------------------------------------------------------------
+    def start_tunnel(self, ex: Exchange) -> None:
+        """The upstream answered 101 to ``ex``: from now on bytes pass through, in both directions."""
+        self.tunnel = ex
+        self.upgrade_ex = None
+        held = self.held
+        self.held = b""
+        self.resume(self.PAUSE_UPGRADE)
+        if held:
+            ex.tunnel_up(held)
 
-    def _on_idle(self) -> None:
-        """Checked lazily: requests only bump ``last_active``; the timer re-arms itself when it fires."""
-        self.idle_timer = None
-        if self.transport is None:
+    # -- client timeouts -------------------------------------------------------------------------------------------
+    # One lazy timer per connection, as nginx checks its timers: requests only record times (``last_active``,
+    # ``head_t0``), and the timer re-arms itself for whichever deadline applies when it fires. Only a head or body
+    # still incomplete after a read may need it sooner (``_watch_client``), which the usual one-read request never
+    # pays for.
+    def _arm_timer(self, due: float) -> None:
+        settings = self.worker.holder.current.settings
+        if settings.keepalive_timeout <= 0 and settings.client_header_timeout <= 0 and settings.client_body_timeout <= 0:
             return
-        if self.current is None and not self.queue:
-            timeout = self.worker.holder.current.settings.keepalive_timeout
-            if self.worker.loop.time() - self.last_active >= timeout:
+        timer = self.idle_timer
+        if timer is not None:
+            if self.timer_due <= due:
+                return
+            timer.cancel()
+        self.timer_due = due
+        self.idle_timer = self.worker.loop.call_at(due, self._on_timer)
+
+    def _watch_client(self) -> None:
+        settings = self.worker.holder.current.settings
+        if self.in_head:
+            if settings.client_header_timeout > 0:
+                self._arm_timer(self.head_t0 + settings.client_header_timeout)
+        elif settings.client_body_timeout > 0:
+            self._arm_timer(self.last_active + settings.client_body_timeout)
+
+    def _on_timer(self) -> None:
+        self.idle_timer = None
+        if self.transport is None or self.closing:
+            return
+        settings = self.worker.holder.current.settings
+        now = self.worker.loop.time()
+        keepalive = settings.keepalive_timeout
+        if self.tunnel is not None:
+            due = now + (keepalive if keepalive > 0 else 60.0)  # the tunnel's idle timeout is the exchange's
+        elif self.in_head and settings.client_header_timeout > 0:
+            due = self.head_t0 + settings.client_header_timeout
+            if now >= due:
+                return self._bad_request(408, "request header timeout")  # slowloris: answered, then closed
+        elif self.parsing is not None and not self.paused and settings.client_body_timeout > 0:
+            due = self.last_active + settings.client_body_timeout
+            if now >= due:
+                return self._bad_request(408, "request body timeout")
+        elif self.current is None and not self.queue and keepalive > 0:
+            due = self.last_active + keepalive
+            if now >= due:
                 self.close()
                 return
         else:
-            self.last_active = self.worker.loop.time()
-        self._arm_idle()
+            due = now + (keepalive if keepalive > 0 else 60.0)  # a request in flight: upstream timeouts apply
+        self._arm_timer(due)

@@ -86,7 +86,10 @@ def upstream_path(service_path: str | None, match, request_path: str, *,
         # Fast path for the common case (no service path): the v0 table reduces to these lines.
         if not route.strip_path:
             return request_path
-        postfix = request_path[len(match.matched_path or "/"):]
+        matched = match.matched_path or "/"
+        if matched == "/" and (len(request_path) == 1 or (request_path[1] != "/" and request_path[1] != ".")):
+            return request_path  # stripping "/" changes nothing: hand back the same object (the proxy reuses its bytes)
+        postfix = request_path[len(matched):]
         if not postfix:
             return "/"
         if postfix[0] == "/":

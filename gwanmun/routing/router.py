@@ -17,9 +17,11 @@ matches anything): ``methods`` (exact, case-sensitive), ``hosts``, ``paths`` and
 * Headers: every configured header must be present, and one of its values must equal one of the
   configured values (case-insensitively) or match a ``~*regex`` value (searched anywhere in the
   value, case-insensitively).
-* ``protocols`` does not take part in matching, as in Kong: an ``https``-only route still matches a
-  plain-http request, and Kong then answers 426 (see :func:`requires_https`).  Routes for stream
-  protocols only (tcp, tls, udp, tls_passthrough) are left out of this HTTP router.
+* ``protocols`` does not take part in matching here: an ``https``-only route still matches a
+  plain-http request, and Kong then answers 426 or redirects (see :func:`requires_https`).  An
+  https request does not match an ``http``-only route in Kong 3.x: ``routing/schemes.py`` builds a
+  second router without those routes for https requests.  Routes for stream protocols only (tcp,
+  tls, udp, tls_passthrough) are left out of this HTTP router.
 
 Which route wins (Kong's ``kong/router/transform.lua`` ``get_priority`` and
 ``split_routes_and_services_by_path``, read for 3.x)
@@ -87,7 +89,9 @@ Sample of ``python bench/router_micro.py`` (ns per match)::
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+import orjson
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -122,8 +126,16 @@ class RouteEntry:
     strip_path: bool = True
     path_handling: str = "v0"
     preserve_host: bool = False
+    https_redirect_status_code: int = 426  # answer to an https-only route reached over http (see proxy.py)
     target: object = field(default=None, compare=False)
     index: int = 0
+    fault: object = field(default=None, compare=False)  # resilience.fault.FaultSpec, or None
+    # the route as the access log shows it, JSON-encoded once here rather than per request
+    log_name: bytes = field(default=b"", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.log_name:
+            object.__setattr__(self, "log_name", orjson.dumps(self.name or self.id))
 
 
 @dataclass(slots=True)
@@ -466,6 +478,7 @@ class Router:
         self._nparts = len(parts)
         self.routes = tuple(entries)
         self.uses_headers = any(p.headers is not None for p in parts)
+        self.match_cached: Callable[..., RouteMatch | None] | None = None  # set below when no route matches headers
         self._has_ports = any(p.hosts is not None and p.hosts.has_port for p in parts)
 
         by_host: dict[str, list[_Part]] = {}
@@ -493,6 +506,8 @@ class Router:
             match.__doc__ = Router.match.__doc__
             self.match = match  # type: ignore[method-assign]
             self.cache_info = cached.cache_info
+            # The proxy calls this directly, positionally: (method, host, path, scheme, None, server_port).
+            self.match_cached = cached
 
     def __len__(self) -> int:
         return len(self.routes)

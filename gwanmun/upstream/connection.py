@@ -1,8 +1,11 @@
 """One TCP connection to an upstream target, used by one exchange at a time.
 
-The connection does not parse: each exchange brings its own httptools response parser (a fresh parser is cheaper
-than resetting llhttp's state by hand, and it makes HEAD responses simple). The connection only moves bytes, tracks
-liveness, and reports flow control to the exchange that holds it.
+The connection owns the httptools response parser: llhttp carries on from one response to the next on a keep-alive
+connection, so an exchange does not pay for building a parser (which looks up every callback by name). The
+parser's callbacks land here and are passed to the exchange being served, by direct (compiled) calls. A response
+to HEAD is the one case llhttp cannot follow (it would wait for the announced body): the exchange then discards the
+parser, and the next exchange gets a fresh one. The connection otherwise only moves bytes, tracks liveness, and
+reports flow control to the exchange that holds it.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import httptools
+
 if TYPE_CHECKING:
+    from ..proxy import Exchange
     from .pool import Pool
 
 
@@ -26,12 +32,14 @@ class UpstreamConnection(asyncio.Protocol):
         "loop",
         "timer",
         "timer_due",
+        "parser",
+        "reader",
     )
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: Any = None
-        self.exchange: Any = None  # the proxy Exchange using this connection, or None when idle
+        self.exchange: Exchange | None = None  # the exchange using this connection, or None when idle
         self.requests = 0  # exchanges served so far
         self.idle_since = 0.0
         self.closed = False
@@ -39,6 +47,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.loop: Any = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = 0.0
+        self.parser: Any = None  # httptools.HttpResponseParser, made on first use (see response_parser)
+        self.reader: Any = None  # the exchange that the bytes being parsed were read for (see on_message_begin)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -51,7 +61,9 @@ class UpstreamConnection(asyncio.Protocol):
             # An idle upstream must not speak. Whatever it sent (a late body, a 408) makes the connection unusable.
             self.close()
             return
+        self.reader = ex
         ex.upstream_data(data)
+        self.reader = None
 
     def eof_received(self) -> bool:
         ex = self.exchange
@@ -71,6 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is not None:
             self.exchange = None
             ex.upstream_lost(exc)
+        self.parser = None
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -83,6 +96,55 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is not None:
             ex.upstream_write_resumed()
+
+    # -- httptools response-parser callbacks, passed to the exchange ---------------------------------------------
+    def response_parser(self) -> Any:
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpResponseParser(self)
+        return parser
+
+    def on_message_begin(self) -> None:
+        # A response may only begin for the exchange its bytes were read for. After a complete response, the rest
+        # of the same read is stray: the connection may by now be idle, or already serve the next (pipelined)
+        # request, whose answer cannot have been read before that request was even sent.
+        ex = self.exchange
+        if ex is None or ex is not self.reader:
+            self._unsolicited()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            return self._unsolicited()
+        ex.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        if ex is None:
+            return self._unsolicited()
+        ex.on_headers_complete()
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            return self._unsolicited()
+        ex.on_body(data)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.on_message_complete()
+
+    def _unsolicited(self) -> None:
+        """Bytes after the end of a response, in the same read: never let them reach the next exchange.
+
+        The connection is closed; an exchange that already took it hears so as from a closed pooled connection
+        (and replays its request on a new one when that is safe).
+        """
+        ex = self.exchange
+        self.close()
+        if ex is not None:
+            ex.upstream_lost(None)
 
     # -- used by the pool and the exchange --------------------------------------------------------------------------
     def watch(self, due: float) -> None:
@@ -113,6 +175,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.parser = None  # it holds bound methods of this connection: break the cycle
         t = self.transport
         if t is not None:
             t.abort()

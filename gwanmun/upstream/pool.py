@@ -1,5 +1,8 @@
 """Keep-alive pools of upstream connections, one pool per target (host, port).
 
+A TLS pool is keyed by (host, port, TLS settings, SNI) instead: connections made with other settings (plain, another
+CA, no verification, another client certificate) or for another server name are never shared.
+
 Pools live for the whole worker, across config reloads, so a reload never drops warm connections. Idle
 connections are reused last-in first-out (the warmest socket first) and swept by one periodic timer per worker,
 so the request path never arms or cancels a timer for pooling.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from .connection import UpstreamConnection
 
@@ -22,13 +26,15 @@ class PoolSettings:
 
 
 class Pool:
-    __slots__ = ("key", "settings", "idle", "active")
+    __slots__ = ("key", "settings", "idle", "active", "tls", "sni")
 
-    def __init__(self, key: tuple[str, int], settings: PoolSettings) -> None:
+    def __init__(self, key: tuple[Any, ...], settings: PoolSettings, tls: Any = None, sni: str = "") -> None:
         self.key = key
         self.settings = settings
         self.idle: list[UpstreamConnection] = []
         self.active = 0  # connections in use by an exchange (for least-connections later, and status)
+        self.tls = tls  # gwanmun.tls.UpstreamTLS: connections speak TLS with its context
+        self.sni = sni  # with tls: server name sent and verified
 
     def acquire(self) -> UpstreamConnection | None:
         """An idle live connection, or None. Synchronous: the hot path never awaits for a pooled connection."""
@@ -41,10 +47,23 @@ class Pool:
         return None
 
     async def connect(self, host: str, port: int, timeout: float) -> UpstreamConnection:
-        """Open a new connection; raises OSError or TimeoutError."""
+        """Open a new connection (with a TLS handshake for a TLS pool); raises OSError (ssl.SSLError for a failed
+        handshake or verification) or TimeoutError."""
         loop = asyncio.get_running_loop()
+        tls = self.tls
         async with asyncio.timeout(timeout):
-            _, conn = await loop.create_connection(lambda: UpstreamConnection(self), host, port)
+            if tls is None:
+                _, conn = await loop.create_connection(lambda: UpstreamConnection(self), host, port)
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self), host, port, ssl=tls.context, server_hostname=self.sni or host
+                )
+        if tls is not None:
+            try:
+                tls.check(conn.transport)
+            except OSError:
+                conn.close()
+                raise
         sock = conn.transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -101,20 +120,30 @@ class Pools:
 
     def __init__(self, settings: PoolSettings | None = None) -> None:
         self.settings = settings or PoolSettings()
-        self._pools: dict[tuple[str, int], Pool] = {}
+        self._pools: dict[tuple[Any, ...], Pool] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def get(self, host: str, port: int) -> Pool:
-        key = (host, port)
+    def get(self, host: str, port: int, tls: Any = None, sni: str = "") -> Pool:
+        key: tuple[Any, ...] = (host, port) if tls is None else (host, port, tls.key, sni)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = Pool(key, self.settings)
+            pool = self._pools[key] = Pool(key, self.settings, tls, sni)
         return pool
 
     def for_target(self, target) -> Pool:
         """The pool for a target, remembered on the target so later requests skip the lookup."""
-        pool = target.pool = self.get(target.host, target.port)
+        pool = target.pool = self.get(target.host, target.port, target.tls, target.sni)
         return pool
+
+    def for_tls(self, target, addr: str, host: str) -> Pool:
+        """The pool of a TLS target (``target.tls`` set) at ``addr``. ``host`` is the client's Host when the route
+        preserves it, else "": Kong sends the Host it sends upstream as SNI (nginx ``proxy_ssl_name
+        $upstream_host``), so a preserved Host is also the SNI, and connections are pooled per name."""
+        if host:
+            return self.get(addr, target.port, target.tls, host_name(host))
+        if not target.named:
+            return target.pool or self.for_target(target)
+        return self.get(addr, target.port, target.tls, target.sni)
 
     def configure(self, settings: PoolSettings) -> None:
         """Apply new settings to every pool (a config reload); warm connections are kept."""
@@ -144,3 +173,14 @@ class Pools:
 
     def __iter__(self):
         return iter(self._pools.values())
+
+
+def host_name(host: str) -> str:
+    """The name in a ``Host`` value, for SNI and certificate verification: lower-case, without port or brackets."""
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end].lower() if end > 0 else host.lower()
+    i = host.rfind(":")
+    if i >= 0 and host[i + 1 :].isdigit():
+        host = host[:i]
+    return host.lower()

@@ -31,13 +31,13 @@ def gw(gateway, scripted, token):
     with RawConnection(g.host, g.port) as c:  # warm-up
         c.request("GET", f"/gen?n={8 * MiB}&t=warm{token}")
         c.read_response()
-    _reset_peak(g.pid)
-    g.rss0 = read_status(g.pid)["VmRSS"]
+    _reset_peak(g.worker_pid)
+    g.rss0 = read_status(g.worker_pid)["VmRSS"]
     return g
 
 
 def _growth(gw) -> int:
-    st = read_status(gw.pid)
+    st = read_status(gw.worker_pid)
     return max(st["VmHWM"], st["VmRSS"]) - gw.rss0
 
 

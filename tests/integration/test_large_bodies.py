@@ -85,7 +85,7 @@ def test_download_1gib_constant_memory(big_gw, te):
         crc = zlib.crc32(mv, crc)
         count += len(mv)
 
-    with Memory(big_gw.pid) as mem, RawConnection(big_gw.host, big_gw.port, timeout=60) as c:
+    with Memory(big_gw.worker_pid) as mem, RawConnection(big_gw.host, big_gw.port, timeout=60) as c:
         t0 = time.monotonic()
         c.request("GET", f"/gen?n={n}&te={te}&chunk=262144")
         r = c.read_response(sink=sink)
@@ -104,7 +104,7 @@ def test_download_1gib_constant_memory(big_gw, te):
 def test_upload_1gib_constant_memory(big_gw, framing):
     n = GiB
     expected = pattern_crc32(n)
-    with Memory(big_gw.pid) as mem, RawConnection(big_gw.host, big_gw.port, timeout=60) as c:
+    with Memory(big_gw.worker_pid) as mem, RawConnection(big_gw.host, big_gw.port, timeout=60) as c:
         t0 = time.monotonic()
         if framing == "content-length":
             c.send(f"POST /sink HTTP/1.1\r\nHost: {big_gw.address}\r\nContent-Type: application/octet-stream\r\n"

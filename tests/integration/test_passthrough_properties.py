@@ -24,8 +24,10 @@ values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size
     lambda a: st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20).map(
         lambda b: (a + b + a).strip()))
 headers = st.lists(st.tuples(names, values), max_size=12)
+# Not dot segments, with or without ;parameters: the gateway resolves the first and refuses the second (Tomcat reads
+# "..;" as ".."), see gwanmun/http/normalize.py.
 segments = st.lists(st.text("abcXYZ019-._~!$&'()*+,;=:@", min_size=1, max_size=8).filter(
-    lambda s: s not in (".", "..")), max_size=4)
+    lambda s: s.split(";", 1)[0] not in (".", "..")), max_size=4)
 query = st.text("abcXYZ019-._~!$'()*+,;=:@/?%", max_size=30).map(lambda q: quote(q, safe="=&/:@!$'()*+,;"))
 methods = st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 bodies = st.binary(max_size=70000)
@@ -40,7 +42,9 @@ def fold(hs):
 
 @pytest.fixture(scope="module")
 def gw(shared_gateway, scripted):
-    return shared_gateway(single_service(scripted.url, name="scripted", route_name="all"))
+    # Field names with "_" are dropped by default (nginx's underscores_in_headers off); here they must pass too.
+    return shared_gateway(single_service(scripted.url, name="scripted", route_name="all",
+                                         gateway={"underscores_in_headers": True}))
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

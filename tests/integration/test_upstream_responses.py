@@ -136,3 +136,29 @@ def test_request_header_bytes_preserved(gw, scripted, token):
     raw = scripted.request_for(token).raw_head
     assert b"\r\nX-Name: " + "관문".encode() + b"\r\n" in raw
     assert b"\r\nX-Latin: caf\xe9\r\n" in raw
+
+
+def test_upstream_response_with_too_many_fields_is_a_502(gw, token):
+    """Response heads have the request heads' limits (max_headers here; max_header_size is pinned in
+    tests/protocol/test_framing.py), as Envoy's max_response_headers_kb and nginx's proxy_buffer_size cap them:
+    over them, 502 instead of buffering more."""
+    data = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-F%d: 1\r\n" % i for i in range(150)) + b"Content-Length: 0\r\n\r\n"
+    r = _one(gw, raw_target(token, data))
+    _assert_502(r)
+    line = gw.log_for(r.header("x-request-id"))
+    assert "response head over the limit" in line["error"]
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10,
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n" + b"x" * 10 + b"\r\n",
+], ids=["content-length", "chunked"])
+def test_upstream_close_mid_body_closes_the_client_connection(gw, token, data):
+    """The upstream closes before the body it announced is complete: the client connection is closed too, so the
+    client sees a cut response, never a short one that looks complete on a connection it would reuse."""
+    with RawConnection(gw.host, gw.port, timeout=10) as c:
+        c.request("GET", raw_target(token, data, close=True))
+        head = c.read_head()
+        assert head.status == 200
+        with pytest.raises(PeerClosed):
+            c.read_body(head)

@@ -220,3 +220,44 @@ def test_bytes_in_counts_what_the_client_sent(rig):
     raw = b"POST /upload?x=1 HTTP/1.1\r\nHost: gw.example\r\nUser-Agent: t\r\nContent-Length: 5\r\n\r\nhello"
     rig.send(raw)
     assert rig.down.current.bytes_in == len(raw)
+
+
+def test_stray_bytes_after_a_response_never_answer_the_next_pipelined_request(rig):
+    """The upstream parser belongs to the connection: bytes after a complete response in the same read must not
+    become the answer to the next request, even when that request took the connection from inside the read."""
+    rig.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    rig.answer(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!")
+    out = rig.client.take()
+    assert out.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert b"EVIL!" not in out
+    assert rig.conn.closed and rig.conn not in rig.conn.pool.idle
+
+
+def test_stray_bytes_after_a_response_close_the_idle_connection(rig):
+    rig.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    rig.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nX-Evil: 1\r\n")
+    assert rig.client.take().endswith(b"\r\n\r\nok")
+    assert rig.conn.closed and rig.conn not in rig.conn.pool.idle
+
+
+def test_upstream_response_head_over_max_header_size_is_a_502(rig):
+    rig.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    rig.answer(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n")
+    out = rig.client.take()
+    assert out.startswith(b"HTTP/1.1 502 ") and b"aaaa" not in out
+    assert rig.conn.closed
+
+
+def test_refused_upgrade_keeps_http_and_parses_the_held_request(rig):
+    """Bytes after an upgrade request are held until the upstream answers; a refusal (403) resumes HTTP parsing,
+    and the held request is proxied on the same upstream connection and answered in order."""
+    rig.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+             b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    first = head_of(rig.upstream.take())
+    assert first[0] == b"GET /ws HTTP/1.1"
+    rig.answer(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope")
+    assert head_of(rig.upstream.take())[0] == b"GET /next HTTP/1.1"
+    rig.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    out = rig.client.take()
+    assert out.startswith(b"HTTP/1.1 403 Forbidden\r\n") and out.endswith(b"\r\n\r\nok")
+    assert b" 502 " not in out

@@ -306,7 +306,8 @@ def test_every_field_round_trips() -> None:
     assert {k: v for k, v in svc.model_dump().items() if k != "routes"} == {
         "id": "5f7b3c1e-0000-4000-8000-000000000001", "name": "svc", "tags": ["a", "b c"], "protocol": "http",
         "host": "svc.internal", "port": 8081, "path": "/base", "retries": 0, "connect_timeout": 1,
-        "write_timeout": 2, "read_timeout": 2147483646, "enabled": False,
+        "write_timeout": 2, "read_timeout": 2147483646, "request_timeout": 0, "enabled": False,
+        "client_certificate": None, "tls_verify": None, "tls_verify_depth": None, "ca_certificates": None,
     }
     r1 = svc.routes[0]
     assert r1.methods == ["GET", "PURGE"] and r1.protocols == ["http"]
@@ -335,6 +336,8 @@ URLS = [
     ("HTTP://10.0.0.1:81", ("http", "10.0.0.1", 81, None)),
     ("http://[::1]:9000/x", ("http", "::1", 9000, "/x")),
     ("http://[fd00::1]", ("http", "fd00::1", 80, None)),
+    ("https://example.com", ("https", "example.com", 443, None)),  # Kong: https without a port is 443
+    ("https://example.com:8443/v1", ("https", "example.com", 8443, "/v1")),
 ]
 
 
@@ -356,7 +359,7 @@ URL_ERRORS = [
     ("url: http://a\n  host: b", ("services", 0, "url"), 4, "'url' cannot be combined with 'host'"),
     ("url: http://a\n  port: 81\n  path: /x", ("services", 0, "url"), 4,
      "'url' cannot be combined with 'port', 'path'"),
-    ("url: https://a", ("services", 0, "url"), 4, "protocol 'https' (from 'url') is not supported by gwanmun yet"),
+    ("url: grpcs://a", ("services", 0, "url"), 4, "protocol 'grpcs' (from 'url') is not supported by gwanmun yet"),
     ("url: ftp://a", ("services", 0, "url"), 4, "unknown scheme 'ftp'"),
     ("url: example.com", ("services", 0, "url"), 4, "expected scheme://host[:port][/path]"),
     ("url: http://a:99999", ("services", 0, "url"), 4, "invalid url"),
@@ -398,8 +401,14 @@ ERRORS = [
         services:
         - name: s
           host: a
+          filter_chains: [{filters: []}]
+     """, ("services", 0, "filter_chains"), 5, "field 'filter_chains' is not supported by gwanmun yet"),
+    ("tls field on an http service", """
+        services:
+        - name: s
+          host: a
           tls_verify: true
-     """, ("services", 0, "tls_verify"), 5, "field 'tls_verify' is not supported by gwanmun yet"),
+     """, ("services", 0, "tls_verify"), 5, "'tls_verify' is only allowed when 'protocol' is 'https'"),
     ("unsupported kong top-level key", """
         consumers:
         - username: alice
@@ -409,11 +418,11 @@ ERRORS = [
         - name: u
           use_srv_name: true
      """, ("upstreams", 0, "use_srv_name"), 4, "field 'use_srv_name' is not supported by gwanmun yet"),
-    ("unsupported hash field away from its default", """
+    ("unsupported sticky-sessions field away from its default", """
         upstreams:
         - name: u
-          hash_on_cookie_path: /other
-     """, ("upstreams", 0, "hash_on_cookie_path"), 4, "field 'hash_on_cookie_path' is not supported"),
+          sticky_sessions_cookie_path: /other
+     """, ("upstreams", 0, "sticky_sessions_cookie_path"), 4, "field 'sticky_sessions_cookie_path' is not supported"),
     ("unsupported protocol", """
         services:
         - name: s
@@ -430,30 +439,29 @@ ERRORS = [
     ("unsupported algorithm", """
         upstreams:
         - name: u
-          algorithm: consistent-hashing
-     """, ("upstreams", 0, "algorithm"), 4, "algorithm 'consistent-hashing' is not supported by gwanmun yet"),
-    ("unsupported hash_on", """
+          algorithm: sticky-sessions
+     """, ("upstreams", 0, "algorithm"), 4, "algorithm 'sticky-sessions' is not supported by gwanmun yet"),
+    ("hash_on header without hash_on_header", """
         upstreams:
         - name: u
           hash_on: header
-     """, ("upstreams", 0, "hash_on"), 4, "hashing on 'header' is not supported by gwanmun yet"),
-    ("health checks enabled", """
+     """, ("upstreams", 0, "hash_on_header"), 3, "field 'hash_on_header' is required when hash_on is 'header'"),
+    ("health checks threshold", """
+        upstreams:
+        - name: u
+          healthchecks:
+            threshold: 50
+     """, ("upstreams", 0, "healthchecks", "threshold"), 5,
+     "healthchecks 'threshold' is not supported by gwanmun yet"),
+    ("grpc active health checks", """
         upstreams:
         - name: u
           healthchecks:
             active:
-              healthy:
-                interval: 5
-     """, ("upstreams", 0, "healthchecks", "active", "healthy", "interval"), 7,
-     "health checks are not supported by gwanmun yet"),
-    ("passive health checks enabled", """
-        upstreams:
-        - name: u
-          healthchecks:
-            passive:
-              unhealthy: {http_failures: 3}
-     """, ("upstreams", 0, "healthchecks", "passive", "unhealthy", "http_failures"), 6,
-     "health checks are not supported by gwanmun yet"),
+              type: grpc
+              healthy: {interval: 5}
+     """, ("upstreams", 0, "healthchecks"), 4,
+     "active health checks of type 'grpc' are not supported by gwanmun yet"),
     ("bad type", """
         services:
         - name: s
@@ -646,8 +654,8 @@ ERRORS = [
      """, ("gateway", "trusted_ips", 0), 3, "invalid IP address or CIDR range '10.0.0.0/33'"),
     ("gateway listen flags", """
         gateway:
-          listen: ["0.0.0.0:8443 ssl"]
-     """, ("gateway", "listen", 0), 3, "listen flags ('ssl') are not supported by gwanmun yet"),
+          listen: ["0.0.0.0:8443 ssl http2"]
+     """, ("gateway", "listen", 0), 3, "listen flag 'http2' is not supported by gwanmun yet (only 'ssl' is)"),
     ("gateway head limits", """
         gateway:
           max_request_line: 9000
@@ -719,7 +727,7 @@ def test_all_errors_are_reported_at_once_sorted_by_line() -> None:
           methods: [GET]
         upstreams:
         - name: u
-          algorithm: latency
+          algorithm: sticky-sessions
         gateway:
           listen: [nope]
     """))

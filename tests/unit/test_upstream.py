@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from gwanmun.http.wire import chunk, connection_tokens, no_body_status, status_line
-from gwanmun.proxy import _absolute_form, _drop_named, _real_ip, _strip_port
+from gwanmun.http.normalize import split_target
+from gwanmun.proxy import _drop_named, _real_ip, strip_port
 from gwanmun.runtime import Settings
 from gwanmun.upstream.balancer import RoundRobin, Target
 from gwanmun.upstream.dns import Resolver, ResolveError, read_hosts
@@ -81,19 +82,19 @@ def test_drop_named_removes_only_listed_fields():
     [
         (b"http://example.com/a/b?x=1", (b"/a/b", b"?x=1", b"example.com")),
         (b"http://example.com:8080", (b"/", b"", b"example.com:8080")),
-        (b"HTTP://Example.com/p", (b"/p", b"", b"Example.com")),
+        (b"HTTP://Example.com/p", (b"/p", b"", b"example.com")),  # the authority is lower-cased
         (b"*", (b"*", b"", b"")),
     ],
     ids=["path-query", "no-path", "upper-scheme", "asterisk"],
 )
 def test_absolute_form(url, expected):
-    assert _absolute_form(url) == expected
+    path, query, authority = expected
+    assert split_target(url) == (path.decode(), path, query, authority)
 
 
 @pytest.mark.parametrize("url", [b"ftp://x/y", b"example.com:443", b"http:///nohost"], ids=["ftp", "authority", "nohost"])
 def test_absolute_form_rejects(url):
-    with pytest.raises(ValueError):
-        _absolute_form(url)
+    assert split_target(url) is None
 
 
 @pytest.mark.parametrize(
@@ -101,7 +102,7 @@ def test_absolute_form_rejects(url):
     [(b"a.com:80", b"a.com"), (b"a.com", b"a.com"), (b"[::1]:8080", b"[::1]"), (b"[::1]", b"[::1]")],
 )
 def test_strip_port(host, stripped):
-    assert _strip_port(host) == stripped
+    assert strip_port(host) == stripped
 
 
 def test_real_ip_is_rightmost_untrusted_hop():
