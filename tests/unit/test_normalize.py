@@ -209,7 +209,7 @@ _PIECES = st.sampled_from([
 ])
 interesting = st.lists(_PIECES, max_size=14).map(lambda p: "/" + "".join(p))
 arbitrary = st.binary(max_size=64).map(lambda b: b.decode("latin-1"))
-_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|\Z)")  # \Z, not $: "$" also matches before a final newline
 
 
 def _check(raw: str, merge: bool) -> None:
