@@ -305,6 +305,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self.write_paused = False
         if self.current is not None:
             self.current.downstream_write_resumed()
+        elif self.queue and not self._advancing:
+            self._advance()  # a pipelined request held back while the client was not reading
 
     # -- request sequencing ------------------------------------------------------------------------------------------
     def exchange_done(self, ex: Exchange) -> None:
@@ -343,6 +345,10 @@ class DownstreamProtocol(asyncio.Protocol):
         try:
             while self.current is None and self.transport is not None and not self.closing:
                 if self.queue:
+                    if self.write_paused:
+                        # The client has not read the last response yet: fetching the next one would only buffer
+                        # it here. resume_writing starts it.
+                        break
                     ex = self.queue.popleft()
                     if not self.queue:
                         self.resume(self.PAUSE_PIPELINE)
