@@ -286,6 +286,34 @@ def yq(s: str) -> str:
     return json.dumps(s)
 
 
+def variant_config(port: int, origin_port: int, access_log: Path, workers: int, variant: dict) -> str:
+    """The main comparison's config (one catch-all route) with a variant's additions merged in: ``service`` (fields
+    of the service), ``route`` (fields of the route) and ``top`` (top-level keys: consumers, plugins, upstreams...).
+    JSON is YAML, so the config is written as JSON."""
+    svc = {"name": "origin", "url": f"http://127.0.0.1:{origin_port}", **variant.get("service", {}),
+           "routes": [{"name": "r0", "paths": ["/"], **variant.get("route", {})}]}
+    cfg = {"_format_version": "3.0",
+           "gateway": {"workers": workers, "listen": [f"127.0.0.1:{port}"], "access_log": str(access_log)},
+           "services": [svc], **variant.get("top", {})}
+    return json.dumps(cfg, indent=1)
+
+
+def load_variants(specs: list[str]) -> dict[str, dict]:
+    """``--variant NAME=FILE``: FILE is YAML with optional ``service``, ``route`` and ``top`` mappings."""
+    import yaml
+
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--variant {spec!r}: expected NAME=FILE")
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict) or set(data) - {"service", "route", "top"}:
+            raise SystemExit(f"--variant {spec!r}: the file must be a mapping of service/route/top")
+        out[name] = data
+    return out
+
+
 def gwanmun_config(port: int, origin_port: int, access_log: Path, nroutes: int | None, workers: int = 1) -> str:
     """Kong 3.x declarative config.  nroutes=None: a single catch-all route
     (the main comparison).  Otherwise nroutes realistic routes, the last one
@@ -428,10 +456,13 @@ class Bench:
         self.wait_ready(name, p, port, 10, [out, err, self.tmp / f"{name}-error.log"])
         return p
 
-    def start_gwanmun(self, name: str, port: int, nroutes: int | None) -> Target:
+    def start_gwanmun(self, name: str, port: int, nroutes: int | None, variant: dict | None = None) -> Target:
         access_log = self.tmp / f"{name}-access.log"
         cfg = self.tmp / f"{name}.yaml"
-        cfg.write_text(gwanmun_config(port, self.origin_port, access_log, nroutes, self.args.workers))
+        if variant is not None:
+            cfg.write_text(variant_config(port, self.origin_port, access_log, self.args.workers, variant))
+        else:
+            cfg.write_text(gwanmun_config(port, self.origin_port, access_log, nroutes, self.args.workers))
         cmd = self.args.gwanmun_cmd.format(python=shlex.quote(sys.executable), config=shlex.quote(str(cfg)))
         argv = self.pinned(self.args.proxy_cpu, shlex.split(cmd))
         env = dict(os.environ)
@@ -454,6 +485,7 @@ class Bench:
         want_gw = "gwanmun" in a.targets
         want_routes = want_gw and a.routes > 0
         names = ["origin", "nginx", "gwanmun", "gwanmun-r10", "gwanmun-rN"]
+        names += [f"gwanmun+{v}" for v in a.variants]
         ports = dict(zip(names, pick_free_ports(len(names))))
         self.origin_port = ports["origin"]
 
@@ -484,6 +516,8 @@ class Bench:
             self.targets["nginx"] = Target("nginx", ports["nginx"], "", p.pid, acc)
         if want_gw:
             self.targets["gwanmun"] = self.start_gwanmun("gwanmun", ports["gwanmun"], None)
+            for v, data in a.variants.items():
+                self.targets[f"gwanmun+{v}"] = self.start_gwanmun(f"gwanmun+{v}", ports[f"gwanmun+{v}"], None, data)
         if want_routes:
             self.targets["gwanmun-r10"] = self.start_gwanmun("gwanmun-r10", ports["gwanmun-r10"], 10)
             self.targets["gwanmun-rN"] = self.start_gwanmun("gwanmun-rN", ports["gwanmun-rN"], a.routes)
@@ -669,6 +703,7 @@ class Bench:
     def run(self) -> list[Measurement]:
         a = self.args
         main = [n for n in ("direct", "nginx", "gwanmun") if n in self.targets]
+        main += [n for n in self.targets if n.startswith("gwanmun+")]  # variants, interleaved with the rest
         scale = [n for n in ("gwanmun-r10", "gwanmun-rN") if n in self.targets]
         results: list[Measurement] = []
         for rnd in range(1, a.rounds + 1):
@@ -824,6 +859,25 @@ def markdown(summ: dict, meta: dict, nroutes: int) -> str:
                   if noisy(summ, "small", ("gwanmun-r10", "gwanmun-rN")) else "")
         lines.append(f"- {nroutes:,} routes / 10 routes: **{r:.2f}** (costs {cost * 100:.1f}%) "
                      f"{ok} (bar: at most {ROUTE_COST_BAR * 100:.0f}%){caveat}")
+    variants = sorted({t for body in summ.values() for t in body if t.startswith("gwanmun+")})
+    if variants:
+        out.append("")
+        out.append("Variants (same route, with a variant's config added), against plain gwanmun in the same run:")
+        out.append("")
+        out.append("| body | variant | req/s (median) | min-max | p50 | p99 | proxy CPU | noise | vs gwanmun | vs nginx |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for body in ("small", "large"):
+            for t in variants:
+                s = summ.get(body, {}).get(t)
+                if not s:
+                    continue
+                vg, vn = ratio(summ, body, t, "gwanmun"), ratio(summ, body, t, "nginx")
+                cpu = f"{s['proxy_cpu_pct']:.0f}%" if s["proxy_cpu_pct"] is not None else "-"
+                bad = " **INVALID**" if s["invalid"] else ""
+                out.append(
+                    f"| {BODIES[body][2]} | {t}{bad} | {s['rps']:,.0f} | {s['rps_min']:,.0f}-{s['rps_max']:,.0f} | "
+                    f"{fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {cpu} | {noise_cell(s)} | "
+                    f"{f'{vg:.3f}' if vg is not None else '-'} | {f'{vn:.2f}' if vn is not None else '-'} |")
     out.extend(lines)
     out.append("")
     out.append("_proxy CPU: CPU used by the proxy process tree (100% = its whole core). noise: CPU used by "
@@ -906,6 +960,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="repeat a measurement when other processes used more than this %% of a CPU we use (default 10)")
     p.add_argument("--noise-retries", type=int, default=2, help="how often to repeat a noisy measurement (default 2)")
     p.add_argument("--noise-wait", type=float, default=3, help="seconds to wait before repeating one (default 3)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FILE",
+                   help="also measure gwanmun with FILE's additions (YAML: service/route/top mappings), "
+                        "interleaved, reported against plain gwanmun; repeatable (e.g. bench/variants/*.yaml)")
     p.add_argument("--results-dir", default=str(BENCH_DIR / "results"))
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     a = p.parse_args(argv)
@@ -920,6 +977,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.warmup is None:
         a.warmup = 1.0
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    a.variants = load_variants(a.variant)
     bad = set(a.targets) - {"direct", "nginx", "gwanmun"}
     if bad or not a.targets:
         p.error(f"--targets: unknown {sorted(bad)}; choose from direct,nginx,gwanmun")

@@ -55,6 +55,12 @@ from .upstream.balancer import Balancer
 from .upstream.hashing import hash_key
 from .routing.router import requires_https
 from .upstream.dns import ResolveError
+from .resilience.breaker import retry_after_header
+from .resilience.fallback import BULKHEAD_FULL as FB_BULKHEAD_FULL
+from .resilience.fallback import CIRCUIT_OPEN as FB_CIRCUIT_OPEN
+from .resilience.fallback import NO_HEALTHY_TARGET as FB_NO_HEALTHY_TARGET
+from .resilience.fallback import RETRIES_EXHAUSTED as FB_RETRIES_EXHAUSTED
+from .resilience.retry import RETRY, pick_excluding
 
 if TYPE_CHECKING:
     from .http.downstream import DownstreamProtocol
@@ -135,6 +141,31 @@ class Exchange:
     up_read_paused = False
     finished = False
     error = ""  # why the gateway answered on its own (for the error log)
+    # what every try of this request needs to build its head (set by start)
+    match: Any = None
+    host_b = b""
+    path_b = b""
+    query = b""
+    head_tail = b""  # the upstream head after its Host line
+    head_len = 0  # length of the head at pending[0] / replay[0]; 0: not built yet
+    replay_limit = REPLAY_LIMIT
+    # resilience (docs/resilience.md): all None / -1 for a service without it, so it costs nothing there
+    t_try = 0.0  # loop time the current try began (a breaker's call duration)
+    breaker: Any = None  # the service's CircuitBreaker
+    permit = -1  # its permit for the current try; -1: none held
+    tbreakers = False  # the service has per-target breakers
+    tbreaker: Any = None  # the current target's CircuitBreaker
+    tpermit = -1
+    policy: Any = None  # the service's RetryPolicy
+    tries = 0  # retries done by the policy (Kong's connect retries not counted)
+    tried: Any = None  # targets tried so far, for a retry to pick another
+    retry_timer: Any = None  # a backoff in progress
+    bulkhead: Any = None
+    ticket: Any = None  # the bulkhead's ticket (queued or granted)
+    fell_back = False  # a fallback was used: no second one
+    mirror: Any = None  # upstream.mirror.MirrorSpec when this request is mirrored
+    mirror_buf: Any = None  # the request body as sent, for the mirror; None: not mirrored (or too big)
+    mirror_size = 0
 
     def __init__(
         self,
@@ -291,30 +322,14 @@ class Exchange:
         self.service = svc
         if svc.request_timeout > 0:
             self.deadline = down.worker.loop.time() + svc.request_timeout
-        balancer: Balancer = svc.balancer  # typed: compiled code calls its methods natively
-        spec = balancer.hashing
-        if spec is None:
-            target = balancer.pick(None)
-        else:  # consistent-hashing: Kong's hash_on / hash_fallback key (upstream/hashing.py)
-            hk = hash_key(spec, client_ip=down.client_ip, headers=self.headers, path=path_b, query=query[1:],
-                          captures={str(k): v for k, v in match.captures.items()} if match.captures else None)
-            target = balancer.pick(hk.key)
-            if hk.set_cookie is not None:
-                self.set_cookie = hk.set_cookie  # a sticky cookie the client did not have yet
-        if target is None:
-            return self.fail(503, "no_peer", "failure to get a peer from the ring-balancer")
-        self.target = target
-        self._started(balancer, target)
-        if self.expect_continue and not self.req_done and self.version == "1.1":
-            # The request is routed and will be forwarded: now the client may send its body.
-            self.expect_continue = False
-            self.down.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.match = match
+        self.host_b = host
+        self.path_b = path_b
+        self.query = query
 
-        up_path = upstream_path(svc.path, match, path)
-        up_path_b: bytes = path_b if up_path is path else up_path.encode("latin-1")
-        host_out: bytes = host if route.preserve_host and host else target.host_header
-        # The head is one %-format of bytes and ints: compiled, that is a single sized concatenation. Every
-        # argument is a typed local for that reason; the optional fields are b"" when absent.
+        # Everything of the upstream head after its Host line: the same for every try and target. The head is a
+        # %-format of bytes and ints: compiled, that is a single sized concatenation. Every argument is a typed
+        # local for that reason; the optional fields are b"" when absent.
         fields: bytes = b"".join(fwd) if fwd else b""
         if trusted and (xff or xfproto or xfport or self.client_ip is not down.client_ip):
             peer: bytes = down.peer_ip_b
@@ -341,26 +356,72 @@ class Exchange:
         te: bytes = b"Transfer-Encoding: chunked\r\n" if self.req_chunked else b""
         if self.upgrade:
             te = b"Connection: upgrade\r\nUpgrade: %b\r\n" % self.upgrade
-        head = b"%b %b%b HTTP/1.1\r\nHost: %b\r\n%b%bX-Forwarded-Host: %b\r\nX-Forwarded-Path: %b\r\n%b%b%b: %b\r\n%b\r\n" % (
-            self.method.encode("latin-1"),
-            up_path_b,
-            query,
-            host_out,
-            fields,
-            forwarded,
-            fwd_host,
-            fwd_path,
-            prefix,
-            via_line,
-            rid_name,
-            rid.encode("latin-1"),
-            te,
+        self.head_tail = b"%b%bX-Forwarded-Host: %b\r\nX-Forwarded-Path: %b\r\n%b%b%b: %b\r\n%b\r\n" % (
+            fields, forwarded, fwd_host, fwd_path, prefix, via_line, rid_name, rid.encode("latin-1"), te,
         )
 
+        mirror = route.mirror
+        if mirror is not None and not self.upgrade and mirror.sample():
+            self._mirror_begin(mirror)
+        if svc.resilience is not None:
+            return self._admit(svc)
+        self._forward(svc)
+
+    def _forward(self, svc: Service) -> None:
+        """Pick a target of ``svc`` and send the request to it: the first try (or the fallback service's)."""
+        self.service = svc
+        now = 0.0
+        if svc.resilience is not None:
+            now = self.down.worker.loop.time()
+            self.t_try = now
+            if not self._breaker_permit(svc, now):
+                return
+        balancer: Balancer = svc.balancer  # typed: compiled code calls its methods natively
+        spec = balancer.hashing
+        if spec is None:
+            target = balancer.pick(None)
+        else:  # consistent-hashing: Kong's hash_on / hash_fallback key (upstream/hashing.py)
+            match = self.match
+            hk = hash_key(spec, client_ip=self.down.client_ip, headers=self.headers, path=self.path_b,
+                          query=self.query[1:],
+                          captures={str(k): v for k, v in match.captures.items()} if match.captures else None)
+            target = balancer.pick(hk.key)
+            if hk.set_cookie is not None:
+                self.set_cookie = hk.set_cookie  # a sticky cookie the client did not have yet
+        if target is not None and self.tbreakers:
+            target = self._target_permit(target, now)
+        if target is None:
+            return self._no_target()
+        self.target = target
+        self._started(balancer, target)
+        if self.expect_continue and not self.req_done and self.version == "1.1":
+            # The request is routed and will be forwarded: now the client may send its body.
+            self.expect_continue = False
+            self.down.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._dispatch(target, self._head(svc, target))
+
+    def _head(self, svc: Service, target: Target, own: bool = True) -> bytes:
+        """The upstream request head for ``svc`` and ``target``: request line and Host, then the common tail."""
+        path: str = self.path
+        up_path = upstream_path(svc.path, self.match, path)
+        up_path_b: bytes = self.path_b if up_path is path else up_path.encode("latin-1")
+        host: bytes = self.host_b
+        host_out: bytes = host if self.route.preserve_host and host else target.host_header
+        method: str = self.method
+        query: bytes = self.query
+        tail: bytes = self.head_tail
+        head = b"%b %b%b HTTP/1.1\r\nHost: %b\r\n%b" % (method.encode("latin-1"), up_path_b, query, host_out, tail)
+        if own:  # else a mirror's head
+            self.head_len = len(head)
+        return head
+
+    def _dispatch(self, target: Target, head: bytes) -> None:
+        """Send ``head`` and the body held in ``pending`` on a pooled connection to ``target``, or open one."""
+        down = self.down
         pending = self.pending
         if target.tls is not None:  # https upstream: pools per address, TLS settings and SNI (upstream/pool.py)
             addr = down.worker.resolver.cached(target.host) if target.named else target.host
-            pool = down.worker.pools.for_tls(target, addr, host_s if route.preserve_host else "") if addr else None
+            pool = down.worker.pools.for_tls(target, addr, self.host if self.route.preserve_host else "") if addr else None
         elif target.named:
             # Kong's rule: a name is resolved for every request (from the TTL cache), and connections are pooled
             # per resolved address, so a DNS change moves new requests at once.
@@ -380,7 +441,11 @@ class Exchange:
             if pending:
                 for data in pending:
                     self._send(data)
+                if self.pending_size > PENDING_LIMIT:  # a retry's or a late start's held body: read on
+                    self.pending_size = 0
+                    self.down.resume(self.down.PAUSE_BODY)
         else:
+            self.reused = False
             self.pending = [head, *pending] if pending else [head]
             self.pending_size += len(head)
             self.task = asyncio.get_running_loop().create_task(self._connect(target))
@@ -391,12 +456,322 @@ class Exchange:
             if self.up_buf:
                 self.flush_upstream()
 
+    # ------------------------------------------------------------------------------------------------------------
+    # resilience: bulkhead, circuit breakers, retry policy, fallback (docs/resilience.md); mirroring
+    # ------------------------------------------------------------------------------------------------------------
+    def _admit(self, svc: Service) -> None:
+        """A service with resilience settings: take its retry policy, then a bulkhead slot (maybe after a wait)."""
+        res = svc.resilience
+        guards = self.down.worker.resilience
+        name: str = svc.name or ""
+        if res.retry is not None:
+            policy = guards.retries.get(name)
+            if policy is not None:
+                self.policy = policy
+                policy.request_started(self.down.worker.loop.time())
+                limit = policy.settings.body_buffer_limit + 65536  # the body, and room for the head
+                if limit > self.replay_limit:
+                    self.replay_limit = limit
+        if res.breaker is not None and res.breaker.per_target:
+            self.tbreakers = True
+        bulkhead = guards.bulkheads.get(name) if res.bulkhead is not None else None
+        if bulkhead is None:
+            return self._forward(svc)
+        self.bulkhead = bulkhead
+        self.ticket = bulkhead.acquire(self._granted, self._refused)  # may call either at once
+
+    def _granted(self) -> None:
+        sync = self.ticket is None  # Bulkhead.acquire calls this before it returns the ticket
+        if self.finished:
+            return
+        self._forward(self.service)
+        if not sync:  # granted later, from another request's callback: send what is ready
+            self.flush_upstream()
+            self.flush_downstream()
+
+    def _refused(self, reason: str) -> None:
+        if self.finished:
+            return
+        if self._fallback(FB_BULKHEAD_FULL):
+            return
+        if reason == "queue_timeout":
+            self.fail(503, reason, "Timed out waiting for the service's concurrency limit")
+        else:
+            self.fail(503, reason, "The service is at its concurrency limit")
+
+    def _breaker_permit(self, svc: Service, now: float) -> bool:
+        """Ask the service's circuit breaker for this try; when it refuses, answer (fallback or 503)."""
+        if svc.resilience.breaker is None:
+            return True
+        breaker = self.down.worker.resilience.breakers.get(svc.name or "", "")
+        if breaker is None:
+            return True
+        permit = breaker.acquire(now)
+        if permit < 0:
+            self._circuit_open(breaker.retry_after(now))
+            return False
+        self.breaker = breaker
+        self.permit = permit
+        return True
+
+    def _target_permit(self, target: Target, now: float, answer: bool = True) -> Target | None:
+        """With per-target breakers: ``target`` if its circuit lets a call through, else another target's whose
+        does; None when every circuit refuses (then, with ``answer``, the request is answered: fallback or 503)."""
+        registry = self.down.worker.resilience.breakers
+        name: str = self.service.name or ""
+        balancer: Balancer = self.service.balancer
+        refused: list[Target] = []
+        for _ in range(len(balancer.targets)):
+            breaker = registry.get(name, target.label)
+            if breaker is None:
+                return target
+            permit = breaker.acquire(now)
+            if permit >= 0:
+                self.tbreaker = breaker
+                self.tpermit = permit
+                return target
+            refused.append(target)
+            nxt = pick_excluding(balancer.pick, refused, len(balancer.targets))
+            if nxt is None or nxt in refused:
+                break
+            target = nxt
+        if answer:
+            self.error = "circuit open for every target"
+            self._circuit_open(1.0)
+        return None
+
+    def _target_failed(self) -> None:
+        """A connect attempt failed: the target's own breaker counts it (Kong's retries go on to another target)."""
+        breaker = self.tbreaker
+        if breaker is not None and self.tpermit >= 0:
+            now = self.down.worker.loop.time()
+            breaker.record(now, False, now - self.t_try, self.tpermit)
+            self.tpermit = -1
+
+    def _outcome(self, ok: bool) -> None:
+        """Record the current try's outcome with the circuit breakers that permitted it."""
+        now = self.down.worker.loop.time()
+        duration = now - self.t_try
+        breaker = self.breaker
+        if breaker is not None and self.permit >= 0:
+            breaker.record(now, ok, duration, self.permit)
+            self.permit = -1
+        breaker = self.tbreaker
+        if breaker is not None and self.tpermit >= 0:
+            breaker.record(now, ok, duration, self.tpermit)
+            self.tpermit = -1
+
+    def _release_permits(self) -> None:
+        """The request ended with no outcome for its try (the client went away): give the permits back."""
+        now = self.down.worker.loop.time()
+        if self.breaker is not None and self.permit >= 0:
+            self.breaker.release(now, self.permit)
+            self.permit = -1
+        if self.tbreaker is not None and self.tpermit >= 0:
+            self.tbreaker.release(now, self.tpermit)
+            self.tpermit = -1
+
+    def _circuit_open(self, retry_after: float) -> None:
+        if self._fallback(FB_CIRCUIT_OPEN):
+            return
+        self.error = self.error or "circuit open"
+        self.fail(503, "circuit_open", "The upstream service is unavailable (circuit open)",
+                  extra=b"Retry-After: %d\r\n" % retry_after_header(retry_after))
+
+    def _no_target(self) -> None:
+        if self._fallback(FB_NO_HEALTHY_TARGET):
+            return
+        self.fail(503, "no_peer", "failure to get a peer from the ring-balancer")
+
+    def _try_failed(self, status: int, code: str, message: str, detail: str, timed_out: bool) -> None:
+        """A try failed before any of its response was relayed (connect failure, reset, invalid response, timeout):
+        the breakers count it, then the retry policy, the fallback, or a 502/504."""
+        if self.breaker is not None or self.tbreaker is not None:
+            self._outcome(False)
+        if not self.head_sent and not self.finished:
+            if self.policy is not None and self._retry(status, timed_out, detail):
+                return
+            if self._fallback(FB_RETRIES_EXHAUSTED):
+                if detail:
+                    log.warning("request %s: %s (%s); fallback used", self.request_id, message, detail)
+                return
+        self._upstream_failed(status, code, message, detail=detail)
+
+    def _body_held(self) -> list[bytes] | None:
+        """The request body forwarded so far (still growing if the client is sending), without the head; None if
+        it was not all kept. Takes it: the caller sends it again."""
+        if self.conn is not None or self.replay is not None:
+            replay = self.replay
+            if replay is None:
+                return None
+            body = replay[1:] if self.head_len else replay
+        else:
+            pending = self.pending or []
+            body = pending[1:] if self.head_len and pending else pending
+        return body
+
+    def _take_back(self) -> list[bytes] | None:
+        """Stop the current try and take back the request's body, to send it again (a retry or a fallback
+        service). Returns None, changing nothing, if the body was not all kept."""
+        body = self._body_held()
+        if body is None:
+            return None
+        if self.balanced:
+            self._settled()
+        self._drop_upstream()
+        self.down.resume(self.down.PAUSE_UPSTREAM)  # the dropped connection may have stopped taking the body
+        self.pending = body
+        size = 0
+        for chunk in body:
+            size += len(chunk)
+        self.pending_size = size
+        self.replay = None
+        self.replay_size = 0
+        self.up_buf = None
+        self.head_len = 0
+        self.status = 0
+        self.parser = None
+        self.resp_mode = _NONE
+        self.resp_upgrade = b""
+        self._reset_response_fields()
+        return body
+
+    def _retry(self, status: int, timed_out: bool, why: str) -> bool:
+        """The retry policy's turn after a failed try: schedule another try on another target, or say no."""
+        policy = self.policy
+        body = self._body_held()
+        replayable = body is not None and (
+            sum(len(c) for c in body) <= policy.settings.body_buffer_limit
+        )
+        loop = self.down.worker.loop
+        now = loop.time()
+        if policy.decide(now, self.method, self.tries, status, timed_out, replayable) != RETRY:
+            return False
+        delay = policy.backoff(self.tries + 1)
+        if self.deadline and now + delay >= self.deadline:
+            return False
+        target = self.target
+        if self._take_back() is None:
+            return False
+        self.tries += 1
+        if self.tried is None:
+            self.tried = [target]
+        else:
+            self.tried.append(target)
+        log.info("request %s: retry %d in %.0f ms (%s)", self.request_id, self.tries, delay * 1000,
+                 why or f"status {status}")
+        self.retry_timer = loop.call_later(delay, self._retry_go)
+        return True
+
+    def _retry_go(self) -> None:
+        self.retry_timer = None
+        if self.finished or self.down.transport is None:
+            return
+        svc: Service = self.service
+        now = self.down.worker.loop.time()
+        if self.deadline and now >= self.deadline:
+            return self._deadline_passed()
+        self.t_try = now
+        if not self._breaker_permit(svc, now):
+            return
+        balancer: Balancer = svc.balancer
+        target = pick_excluding(balancer.pick, self.tried or (), len(balancer.targets))
+        if target is not None and self.tbreakers:
+            target = self._target_permit(target, now)
+            if target is None:
+                return
+        if target is None:
+            return self._no_target()
+        self.target = target
+        self._started(balancer, target)
+        self._dispatch(target, self._head(svc, target))
+        self.flush_upstream()
+
+    def _fallback(self, trigger: str) -> bool:
+        """Answer with the service's fallback for ``trigger``, if it has one: a static response, or the request sent
+        to the fallback service (once, with that service's circuit breaker, not its retries or bulkhead)."""
+        svc: Service = self.service
+        res = svc.resilience
+        if res is None or self.fell_back or self.finished:
+            return False
+        fb = res.fallback
+        if fb is None or not fb.applies(trigger):
+            return False
+        other: Service | None = svc.fallback_to
+        if other is not None:
+            if self._take_back() is None:
+                return False
+            self.fell_back = True
+            self.error = trigger
+            self._release_permits()
+            self.breaker = self.tbreaker = self.policy = None
+            self.tbreakers = False
+            log.info("request %s: %s; falling back to service %s", self.request_id, trigger, other.label)
+            self._forward(other)
+            self.flush_upstream()
+            return True
+        self.fell_back = True
+        self.error = trigger
+        self._drop_upstream()
+        if self.balanced:
+            self._settled()
+        if not self.request_id:
+            self.request_id = self.down.worker.next_request_id()
+        if self.down.closing or (self.req_has_body and not self.req_done):
+            self.keep_alive = False
+        settings = self.rt.settings
+        extra = b"%b: %b\r\n" % (settings.request_id_header, self.request_id.encode("latin-1"))
+        if settings.via:
+            extra += b"Via: 1.1 gwanmun\r\n"
+        if not self.keep_alive:
+            extra += b"Connection: close\r\n"
+        elif self.version == "1.0":
+            extra += b"Connection: keep-alive\r\n"
+        head = fb.head(extra)
+        self.status = fb.status
+        self.out.append(head if self.method == "HEAD" else head + fb.body)
+        self.bytes_out += len(head) + len(fb.body)
+        self.head_sent = True
+        self.resp_done = True
+        self._finish()
+        self.flush_downstream()
+        return True
+
+    def _mirror_begin(self, mirror: Any) -> None:
+        self.mirror = mirror
+        buf: list[bytes] = []
+        size = 0
+        for chunk in self.pending or ():
+            buf.append(chunk)
+            size += len(chunk)
+        self.mirror_buf = buf
+        self.mirror_size = size
+        if size > mirror.body_limit:
+            self.mirror_buf = None
+        elif self.req_done:
+            self._mirror_send()
+
+    def _mirror_add(self, data: bytes) -> None:
+        self.mirror_size += len(data)
+        if self.mirror_size > self.mirror.body_limit:
+            self.mirror_buf = None  # too big to hold: this request is not mirrored
+        else:
+            self.mirror_buf.append(data)
+
+    def _mirror_send(self) -> None:
+        buf = self.mirror_buf
+        self.mirror_buf = None
+        svc: Service = self.mirror.service
+        self.down.worker.shadows.send(self.down.worker, svc, lambda target: self._head(svc, target, False), buf)
+
     def request_body(self, data: bytes) -> None:
         if self.resp_done or self.finished:
             return  # answered already (e.g. 404); the rest of the body is read and dropped
         self.bytes_in += len(data)
         if self.req_chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
+        if self.mirror_buf is not None:
+            self._mirror_add(data)
         if self.conn is None:  # not started, or still connecting: keep it for later
             if self.pending is None:
                 self.pending = []
@@ -409,6 +784,10 @@ class Exchange:
 
     def request_done(self) -> None:
         self.req_done = True
+        if self.mirror_buf is not None:
+            if self.req_chunked:
+                self._mirror_add(LAST_CHUNK)
+            self._mirror_send()
         if self.req_chunked and not self.resp_done:
             if self.conn is None:
                 if self.pending is None:
@@ -425,7 +804,7 @@ class Exchange:
         replay = self.replay
         if replay is not None:
             self.replay_size += len(data)
-            if self.replay_size <= REPLAY_LIMIT:
+            if self.replay_size <= self.replay_limit:
                 replay.append(data)
             else:
                 self.replay = None
@@ -475,7 +854,13 @@ class Exchange:
         for attempt in range(tries):
             if attempt:
                 balancer: Balancer = svc.balancer
-                target = balancer.pick(None) or target
+                nxt = balancer.pick(None)
+                if nxt is not None and self.tbreakers:
+                    nxt = self._target_permit(nxt, worker.loop.time(), False)
+                if nxt is not None and nxt is not target:
+                    target = nxt
+                    if self.pending and self.head_len:  # the head names the target's Host
+                        self.pending[0] = self._head(svc, target)
                 self.target = target
                 self._started(balancer, target)
             try:
@@ -503,6 +888,7 @@ class Exchange:
                 return self.fail(503, "dns", "name resolution failed", detail=str(exc))
             except TimeoutError:
                 self._settled()
+                self._target_failed()
                 timed_out = True
                 reason = f"connect to {target.label} timed out"
                 if target.watched:  # passive health checks (outlier detection) count this target
@@ -510,6 +896,7 @@ class Exchange:
                 continue
             except OSError as exc:
                 self._settled()
+                self._target_failed()
                 if target.watched:
                     worker.health.report(target, None, "tcp")
                 timed_out = False
@@ -535,10 +922,11 @@ class Exchange:
         self.task = None
         if not self.finished:
             if timed_out:
-                self.fail(504, "upstream_timeout", "The upstream server is timing out", detail=reason)
+                self._try_failed(504, "upstream_timeout", "The upstream server is timing out", reason, True)
             else:
-                self.fail(502, "upstream_error", "An invalid response was received from the upstream server",
-                          detail=reason)
+                self._try_failed(502, "upstream_error", "An invalid response was received from the upstream server",
+                                 reason, False)
+            self.flush_downstream()
 
     def _retry_fresh(self, why: str) -> bool:
         """A reused connection died before answering: replay the request on a new one, if that is safe.
@@ -617,8 +1005,8 @@ class Exchange:
             if not self.status and self.target.watched:
                 self.down.worker.health.report(self.target, None, "tcp")
             cause = exc.__context__ if isinstance(exc.__context__, _ResponseHeadTooLarge) else exc
-            self._upstream_failed(502, "upstream_error", "An invalid response was received from the upstream server",
-                                  detail=f"invalid response from {self.target.label}: {cause}")
+            self._try_failed(502, "upstream_error", "An invalid response was received from the upstream server",
+                             f"invalid response from {self.target.label}: {cause}", False)
         self.flush_downstream()
 
     def upstream_eof(self) -> None:
@@ -648,8 +1036,8 @@ class Exchange:
             return
         if not self.status and self.target.watched:
             self.down.worker.health.report(self.target, None, "tcp")
-        self._upstream_failed(502, "upstream_error", "An invalid response was received from the upstream server",
-                              detail=f"{self.target.label}: {why}")
+        self._try_failed(502, "upstream_error", "An invalid response was received from the upstream server",
+                         f"{self.target.label}: {why}", False)
 
     # protocol switch (WebSocket) ----------------------------------------------------------------------------------
     def _switch_protocols(self, fields: bytes) -> None:
@@ -765,6 +1153,15 @@ class Exchange:
             self._settled()
         if self.target.watched:  # passive health checks count this target's answers
             self.down.worker.health.report(self.target, status, "http")
+        if self.breaker is not None or self.tbreaker is not None:
+            breaker = self.breaker if self.breaker is not None else self.tbreaker
+            self._outcome(not breaker.settings.is_failure(status))
+        policy = self.policy
+        if policy is not None and status in policy.settings.statuses and not self.upgrade:
+            if self._retry(status, False, ""):
+                return
+            if self._fallback(FB_RETRIES_EXHAUSTED):
+                return
 
         if self.method == "HEAD" or status == 204 or status == 304:
             mode = _NONE
@@ -872,8 +1269,8 @@ class Exchange:
             return
         if not self.status and self.target.watched:
             self.down.worker.health.report(self.target, None, "timeout")
-        self._upstream_failed(504, "upstream_timeout", "The upstream server is timing out",
-                              detail=f"{self.target.label}: no data for {limit:g}s")
+        self._try_failed(504, "upstream_timeout", "The upstream server is timing out",
+                         f"{self.target.label}: no data for {limit:g}s", True)
         self.flush_downstream()
 
     def _started(self, balancer: Balancer, target: Target) -> None:
@@ -924,12 +1321,18 @@ class Exchange:
             self.conn = None
             self.pool.drop(conn)
 
-    def fail(self, status: int, code: str, message: str, detail: str = "") -> None:
-        """Answer with a JSON error, or, if the response has begun, cut the client connection."""
+    def fail(self, status: int, code: str, message: str, detail: str = "", extra: bytes = b"") -> None:
+        """Answer with a JSON error, or, if the response has begun, cut the client connection. ``extra``: more
+        field lines for the error's head."""
         if self.finished:
             return
         if self.balanced:
             self._settled()
+        if self.permit >= 0 or self.tpermit >= 0:  # a try was under way: the gateway's 5xx is its failure
+            if status >= 500:
+                self._outcome(False)
+            else:
+                self._release_permits()
         self.error = detail or message
         if detail:
             log.warning("request %s: %s (%s)", self.request_id, message, detail)
@@ -953,7 +1356,7 @@ class Exchange:
             connection = b"Connection: keep-alive\r\n"
         else:
             connection = b""
-        head = error_head(status, len(body), self.request_id, connection)
+        head = error_head(status, len(body), self.request_id, connection + extra)
         self.out.append(head if self.method == "HEAD" else head + body)
         self.bytes_out += len(head) + len(body)
         self.head_sent = True
@@ -968,6 +1371,13 @@ class Exchange:
             return
         self.finished = True
         self.parser = None  # it belongs to the upstream connection, which may already serve another exchange
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
+        if self.permit >= 0 or self.tpermit >= 0:
+            self._release_permits()
+        if self.ticket is not None:
+            self.bulkhead.cancel(self.ticket)  # withdraws a queued request, or frees its slot
         self.flush_downstream()
         worker = self.down.worker
         if not self.t_up_end and self.t_up:
@@ -984,6 +1394,9 @@ class Exchange:
         if self.tunneling:
             return self.end_tunnel()
         self._drop_upstream()
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
         if not self.status:
             self.status = 499  # nginx's "client closed request"
         self.resp_done = self.req_done = True

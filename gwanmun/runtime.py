@@ -64,6 +64,10 @@ class Service:
     balancer: Balancer  # RoundRobin, LeastConnections, Latency or ConsistentHashing (upstream/balancer.py)
     upstream: str | None = None  # name of the Kong upstream entity balanced over, if any
     request_timeout: float = 0.0  # overall deadline per request, seconds; 0: none
+    # resilience.registry.ServiceResilience (breaker, retry, bulkhead, fallback settings), or None: the per-worker
+    # state is in Worker.resilience, by service name, so that it survives reloads
+    resilience: Any = None
+    fallback_to: Any = None  # the Service a fallback sends requests to (resilience.fallback.service), or None
     label: str = ""  # for logs: the name, else the id (a field, not a property: the access log reads it per request)
     log_name: bytes = b""  # the name (else id, else null) JSON-encoded once, for the access log
 

@@ -23,7 +23,10 @@ from .observability.accesslog import AccessLog
 from .runtime import Runtime, RuntimeHolder
 from .tls import listener_context
 from .upstream.dns import Resolver
+from .resilience.breaker import OPEN, transition_fields
+from .resilience.registry import ServiceResilience, WorkerResilience
 from .upstream.health import HealthTable
+from .upstream.mirror import Shadows
 from .upstream.pool import Pools, PoolSettings
 
 log = logging.getLogger("gwanmun")
@@ -76,6 +79,10 @@ class Worker:
         # is what `gwanmun health` reads
         self.health = HealthTable(health_status, index)
         self.health.apply(runtime.health, runtime.services)
+        # circuit breakers, retry budgets and bulkheads by service name, kept across reloads (docs/resilience.md)
+        self.resilience = WorkerResilience(loop, on_breaker_transition)
+        self.resilience.reconcile(resilience_of(runtime))
+        self.shadows = Shadows()  # mirrored requests (upstream/mirror.py)
 
     async def start(self, socks: list[socket.socket] | None = None) -> list[str]:
         """Serve every ``gateway.listen`` address, on ``socks`` when given (bound by the supervisor, in the order of
@@ -108,6 +115,9 @@ class Worker:
         access_log = AccessLog(gw.access_log, self.loop) if gw.access_log != old_gw.access_log else None
         old = self.holder.swap(runtime)
         self.health.apply(runtime.health, runtime.services)  # the state of targets that still exist is kept
+        reset = self.resilience.reconcile(resilience_of(runtime))
+        if reset:
+            event("circuit_breakers_reset", breakers=["/".join(k).rstrip("/") for k in reset])
         if access_log is not None:
             self.access_log.close()
             self.access_log = access_log
@@ -147,12 +157,23 @@ class Worker:
         for conn in list(self.connections):
             conn.abort()
         self.pools.close()
+        self.shadows.close()
         self.health.close()
         self.access_log.close()
 
     def force_close(self) -> None:
         """End a graceful shutdown now: connections still open are aborted."""
         self.forced = True
+
+
+def resilience_of(runtime: Runtime) -> dict[str, ServiceResilience]:
+    return {s.name: s.resilience for s in runtime.services if s.resilience is not None and s.name}
+
+
+def on_breaker_transition(breaker, old: int, new: int, why: int, now: float) -> None:
+    """Every circuit-breaker transition is a log event; opening is a warning."""
+    event("circuit_breaker", logging.WARNING if new == OPEN else logging.INFO,
+          **transition_fields(breaker, old, new, why, now))
 
 
 def bind(host: str, port: int) -> socket.socket:

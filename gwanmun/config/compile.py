@@ -13,6 +13,8 @@ import ipaddress
 
 from ..http.wire import request_fields, response_fields
 from ..resilience.fault import FaultSpec
+from ..resilience.registry import ServiceResilience
+from ..upstream.mirror import MirrorSpec
 from ..routing.router import RouteEntry
 from ..routing.schemes import build_router
 from .model import parse_host_port
@@ -165,12 +167,16 @@ def compile_runtime(loaded: LoadedConfig) -> Runtime:
             request_timeout=s.request_timeout / 1000,
             balancer=shared if shared is not None else build_balancer(u, targets),
             upstream=u.name if u is not None else None,
+            resilience=_resilience(s),
         )
         services.append(svc)
         if u is not None:
             balancers[(id(u), scheme, id(tls))] = svc.balancer
 
     by_service = {id(s): svc for s, svc in zip(cfg.services, services)}
+    for s, svc in zip(cfg.services, services):
+        if s.fallback is not None and s.fallback.service is not None:
+            svc.fallback_to = by_service[id(cfg.get_service(s.fallback.service))]
     entries: list[RouteEntry] = []
     for route, s in cfg.all_routes():
         if not s.enabled:
@@ -191,6 +197,7 @@ def compile_runtime(loaded: LoadedConfig) -> Runtime:
                 https_redirect_status_code=route.https_redirect_status_code,
                 target=_with_route_timeouts(by_service[id(s)], route),
                 fault=_fault_spec(route.fault),
+                mirror=_mirror_spec(cfg, route.mirror, by_service),
                 index=len(entries),
             )
         )
@@ -228,6 +235,23 @@ def _with_route_timeouts(svc: Service, route) -> Service:
         if getattr(route, name) is not None
     }
     return dataclasses.replace(svc, **changes) if changes else svc
+
+
+def _resilience(s) -> ServiceResilience | None:
+    if s.circuit_breaker is None and s.retry is None and s.bulkhead is None and s.fallback is None:
+        return None
+    return ServiceResilience(
+        s.circuit_breaker.compile() if s.circuit_breaker is not None else None,
+        s.retry.compile() if s.retry is not None else None,
+        s.bulkhead.compile() if s.bulkhead is not None else None,
+        s.fallback.compile() if s.fallback is not None else None,
+    )
+
+
+def _mirror_spec(cfg, m, by_service) -> MirrorSpec | None:
+    if m is None or m.percentage <= 0:
+        return None
+    return MirrorSpec(by_service[id(cfg.get_service(m.service))], m.percentage, m.body_limit)
 
 
 def _fault_spec(cfg) -> FaultSpec | None:

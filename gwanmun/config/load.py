@@ -497,7 +497,35 @@ def _semantic_issues(data: dict[str, Any], lines: Mapping[tuple, int]) -> list[t
         else:
             add_target(found[1], ("targets", i), t)
 
+    issues += _resilience_issues(services, all_routes, service_names, service_ids)
     issues += _tls_issues(data, services, upstreams, unique)
+    return issues
+
+
+_RESILIENCE_FIELDS = ("circuit_breaker", "retry", "bulkhead", "fallback")
+
+
+def _resilience_issues(services: list, routes: list, names: dict, ids: dict) -> list[tuple[tuple, str]]:
+    """Resilience state is kept per service name across reloads, so a service with any of it needs a name; fallback
+    and mirror services must exist, and a service cannot fall back to itself."""
+    issues: list[tuple[tuple, str]] = []
+    for i, s in services:
+        used = [k for k in _RESILIENCE_FIELDS if s.get(k) is not None]
+        if used and not isinstance(s.get("name"), str):
+            issues.append((("services", i, used[0]), f"a service with '{used[0]}' must have a 'name' (its state "
+                                                     f"is kept by name across reloads)"))
+        fb = s.get("fallback")
+        key = _ref_key(fb.get("service")) if isinstance(fb, dict) else None
+        if key is not None:
+            if key not in names and key not in ids:
+                issues.append((("services", i, "fallback", "service"), f"no service with name or id '{key}'"))
+            elif key in (s.get("name"), s.get("id")):
+                issues.append((("services", i, "fallback", "service"), "a service cannot fall back to itself"))
+    for path, r in routes:
+        m = r.get("mirror")
+        key = _ref_key(m.get("service")) if isinstance(m, dict) else None
+        if key is not None and key not in names and key not in ids:
+            issues.append((path + ("mirror", "service"), f"no service with name or id '{key}'"))
     return issues
 
 

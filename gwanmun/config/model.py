@@ -33,6 +33,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..resilience.config import BulkheadConfig, CircuitBreakerConfig, FallbackConfig, RetryConfig
+
 __all__ = [
     "ActiveHealthcheck",
     "ActiveHealthy",
@@ -779,6 +781,20 @@ class FaultConfig(_Model):
     abort: FaultAbortConfig | None = None
 
 
+class MirrorConfig(_Model):
+    """gwanmun: shadow a share of a route's requests to another service; its responses are discarded (Envoy's
+    ``request_mirror_policies``). Only requests whose body fits in ``body_limit`` bytes are mirrored."""
+
+    service: Str  # a service name or id
+    percentage: Annotated[float, Strict(), AllowInfNan(False), _between(0, 100)] = 100.0
+    body_limit: Annotated[int, Strict(), _between(0, 16 * 1024 * 1024)] = 65536
+
+    @field_validator("service", mode="before")
+    @classmethod
+    def _service_ref(cls, v: Any) -> Any:
+        return _reference("service")(v)
+
+
 class RouteConfig(_Entity):
     """A Kong route. Matching fields: ``methods``, ``hosts``, ``paths``, ``headers`` (at least one is required).
 
@@ -811,6 +827,7 @@ class RouteConfig(_Entity):
     read_timeout: TimeoutMs | None = None
     request_timeout: DeadlineMs | None = None
     fault: FaultConfig | None = None  # gwanmun: fault injection for chaos tests (delay and/or abort)
+    mirror: MirrorConfig | None = None  # gwanmun: traffic mirroring (shadow requests, responses discarded)
     request_buffering: Bool = True
     response_buffering: Bool = True
     service: Str | None = None
@@ -957,6 +974,11 @@ class ServiceConfig(_Entity):
     tls_verify: Bool | None = None  # unset: off, as in Kong (nginx's proxy_ssl_verify)
     tls_verify_depth: Annotated[int, Strict(), _between(0, 64)] | None = None  # unset: 1 (nginx's default)
     ca_certificates: list[Id] | None = None  # ca_certificates ids; unset: the system's trust store
+    # gwanmun: resilience (docs/resilience.md); a service with any of them must have a name
+    circuit_breaker: CircuitBreakerConfig | None = None
+    retry: RetryConfig | None = None
+    bulkhead: BulkheadConfig | None = None
+    fallback: FallbackConfig | None = None
     routes: list[RouteConfig] = Field(default_factory=list)
 
     @classmethod

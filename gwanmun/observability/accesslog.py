@@ -136,6 +136,9 @@ class AccessLog:
             _millis(int((now - ex.t0) * 1e6)),
             up_ms,
         )
+        tries: int = ex.tries
+        if tries:  # the retry policy's retries (docs/resilience.md)
+            line = b'%b,"retries":%d' % (line, tries)
         if ex.error:
             line = b'%b,"error":%b}\n' % (line, orjson.dumps(ex.error))
         else:

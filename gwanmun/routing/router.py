@@ -130,6 +130,7 @@ class RouteEntry:
     target: object = field(default=None, compare=False)
     index: int = 0
     fault: object = field(default=None, compare=False)  # resilience.fault.FaultSpec, or None
+    mirror: object = field(default=None, compare=False)  # upstream.mirror.MirrorSpec, or None
     # the route as the access log shows it, JSON-encoded once here rather than per request
     log_name: bytes = field(default=b"", compare=False)
 

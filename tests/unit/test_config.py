@@ -231,6 +231,15 @@ EVERY_FIELD = y("""
       write_timeout: 2
       read_timeout: 2147483646
       enabled: false
+      circuit_breaker: {sliding_window_type: time_based, sliding_window_size: 30, minimum_number_of_calls: 5,
+                        failure_rate_threshold: 25, slow_call_rate_threshold: 80, slow_call_duration_threshold: 900,
+                        wait_duration_in_open_state: 1500, permitted_number_of_calls_in_half_open_state: 2,
+                        max_wait_duration_in_half_open_state: 4000, failure_statuses: [500, 503], per_target: true}
+      retry: {max_retries: 3, on_statuses: [503], on_timeout: false, retry_non_idempotent: true, backoff_base: 5,
+              backoff_max: 50, body_buffer_limit: 1024,
+              budget: {percent_can_retry: 10, min_retries_per_second: 2, ttl: 5000}}
+      bulkhead: {max_concurrent_requests: 7, max_queue: 3, queue_timeout: 100}
+      fallback: {on: [circuit_open], service: backup}
       routes:
       - id: 5f7b3c1e-0000-4000-8000-000000000002
         name: r1
@@ -247,6 +256,9 @@ EVERY_FIELD = y("""
         preserve_host: true
         request_buffering: false
         response_buffering: false
+        mirror: {service: backup, percentage: 12.5, body_limit: 100}
+    - name: backup
+      url: http://backup.internal
     routes:
     - name: r2
       service: svc
@@ -308,7 +320,21 @@ def test_every_field_round_trips() -> None:
         "host": "svc.internal", "port": 8081, "path": "/base", "retries": 0, "connect_timeout": 1,
         "write_timeout": 2, "read_timeout": 2147483646, "request_timeout": 0, "enabled": False,
         "client_certificate": None, "tls_verify": None, "tls_verify_depth": None, "ca_certificates": None,
+        "circuit_breaker": {
+            "sliding_window_type": "time_based", "sliding_window_size": 30, "minimum_number_of_calls": 5,
+            "failure_rate_threshold": 25.0, "slow_call_rate_threshold": 80.0, "slow_call_duration_threshold": 900,
+            "wait_duration_in_open_state": 1500, "permitted_number_of_calls_in_half_open_state": 2,
+            "max_wait_duration_in_half_open_state": 4000, "failure_statuses": [500, 503], "per_target": True,
+        },
+        "retry": {
+            "max_retries": 3, "on_statuses": [503], "on_timeout": False, "retry_non_idempotent": True,
+            "backoff_base": 5, "backoff_max": 50, "body_buffer_limit": 1024,
+            "budget": {"percent_can_retry": 10.0, "min_retries_per_second": 2.0, "ttl": 5000},
+        },
+        "bulkhead": {"max_concurrent_requests": 7, "max_queue": 3, "queue_timeout": 100},
+        "fallback": {"on": ["circuit_open"], "response": None, "service": "backup"},
     }
+    assert svc.routes[0].mirror.model_dump() == {"service": "backup", "percentage": 12.5, "body_limit": 100}
     r1 = svc.routes[0]
     assert r1.methods == ["GET", "PURGE"] and r1.protocols == ["http"]
     assert r1.https_redirect_status_code == 308 and r1.path_handling == "v1" and r1.regex_priority == -3
