@@ -24,6 +24,11 @@ HOT_MODULES = [
     "gwanmun/upstream/pool.py",
     "gwanmun/upstream/balancer.py",
     "gwanmun/routing/paths.py",
+    "gwanmun/resilience/breaker.py",
+    "gwanmun/resilience/retry.py",
+    "gwanmun/resilience/bulkhead.py",
+    "gwanmun/resilience/fallback.py",
+    "gwanmun/resilience/registry.py",
 ]
 
 

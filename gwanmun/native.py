@@ -20,6 +20,11 @@ HOT_MODULES = (
     "gwanmun.upstream.pool",
     "gwanmun.upstream.balancer",
     "gwanmun.routing.paths",
+    "gwanmun.resilience.breaker",
+    "gwanmun.resilience.retry",
+    "gwanmun.resilience.bulkhead",
+    "gwanmun.resilience.fallback",
+    "gwanmun.resilience.registry",
 )
 
 

@@ -278,6 +278,13 @@ class Exchange:
 
         if not host and self.version == "1.1":
             return self.fail(400, "bad_request", "missing Host header")
+        if self.req_chunked and self.pending:
+            # A pipelined request's body read while it waited its turn was kept as it came, before this head was
+            # read: frame it now, as request_body does from here on.
+            framed = [b"%x\r\n%b\r\n" % (len(d), d) for d in self.pending]
+            if self.req_done:
+                framed.append(LAST_CHUNK)
+            self.pending = framed
 
         # The path is normalised once, here (http/normalize.py): routing, the log, X-Forwarded-Path and the
         # upstream all see the same one, so dot-segments and encodings cannot reach a route they should not.

@@ -109,3 +109,19 @@ def test_pipelined_requests_split_across_writes(gw, token):
         for i in range(3):
             r = c.read_response("POST")
             assert r.json()["target"].endswith(f"i={i}") and r.json()["body_len"] == 5
+
+
+def test_pipelined_chunked_body_read_while_waiting(bin_gw):
+    """A chunked body that arrives while its request waits behind another is framed as chunked when forwarded
+    (it used to reach the upstream unframed and without its last chunk, and the request hung)."""
+    with RawConnection(bin_gw.host, bin_gw.port) as c:
+        c.send(b"GET /get HTTP/1.1\r\nHost: h\r\n\r\n"
+               b"POST /post HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+               b"POST /post HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        assert c.read_response().status == 200
+        r = c.read_response()
+        assert r.status == 200 and r.json()["data"] == "hello world"
+        c.send(b"2\r\nde\r\n0\r\n\r\n")  # the third body: begun while queued, finished after its turn came
+        r = c.read_response()
+        assert r.status == 200 and r.json()["data"] == "abcde"
