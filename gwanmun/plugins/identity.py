@@ -1,0 +1,112 @@
+"""What the authentication plugins share: who the request is, as Kong tells the upstream, and Kong's rules for
+several authentication plugins on one route.
+
+- ``authenticated(ctx, consumer, credential)``: a credential was accepted. Sets ``ctx.consumer``, ``ctx.credential``,
+  ``ctx.authenticated`` and Kong's upstream headers (``X-Consumer-ID``, ``X-Consumer-Custom-ID``,
+  ``X-Consumer-Username``, ``X-Credential-Identifier``, ``X-Consumer-Groups``), and removes ``X-Anonymous-Consumer``.
+- ``anonymous(ctx, consumer)``: authentication failed and the plugin has an ``anonymous`` consumer: the request goes
+  on as that consumer, with ``X-Anonymous-Consumer: true``; ``ctx.authenticated`` stays False.
+- ``skip(ctx, anonymous, run_on_preflight)``: Kong's "logical OR": a plugin whose ``anonymous`` is set does nothing
+  when an earlier (higher priority) authentication plugin already accepted a credential. Without ``anonymous`` the
+  plugins are a "logical AND": each must succeed.
+
+The proxy strips client-sent copies of these headers before the plugins run, so what the upstream gets was set here.
+"""
+
+from __future__ import annotations
+
+import re
+from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Headers
+
+CONSUMER_ID = "X-Consumer-ID"
+CONSUMER_CUSTOM_ID = "X-Consumer-Custom-ID"
+CONSUMER_USERNAME = "X-Consumer-Username"
+CREDENTIAL_IDENTIFIER = "X-Credential-Identifier"
+CONSUMER_GROUPS = "X-Consumer-Groups"
+AUTHENTICATED_GROUPS = "X-Authenticated-Groups"
+ANONYMOUS = "X-Anonymous-Consumer"
+
+_REALM = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]{1,128}\Z')  # printable ASCII without '"' and '\'
+
+
+def wire_value(value: str) -> str:
+    """Header values are str in latin-1 form (as on the wire): a consumer name outside latin-1 is sent as UTF-8."""
+    return value if value.isascii() else value.encode("utf-8").decode("latin-1")
+
+
+def _apply(headers: Headers, values: list[tuple[str, str | None]]) -> None:
+    """Set each (name, value), removing the name when the value is None or empty (removing a name that is not
+    there, the usual case since the proxy strips client copies, costs one look-up)."""
+    for name, value in values:
+        if value:
+            value = wire_value(value)
+            if headers.get(name) == value and len(headers.get_all(name)) == 1:
+                continue  # an earlier authentication plugin set the same (key-auth, then jwt, for one consumer)
+            headers.set(name, value)
+        else:
+            headers.remove(name)
+
+
+def _identity(consumer: Consumer | None) -> list[tuple[str, str | None]]:
+    if consumer is None:
+        return [(CONSUMER_ID, None), (CONSUMER_CUSTOM_ID, None), (CONSUMER_USERNAME, None)]
+    return [(CONSUMER_ID, consumer.id), (CONSUMER_CUSTOM_ID, consumer.custom_id),
+            (CONSUMER_USERNAME, consumer.username)]
+
+
+def authenticated(ctx: Ctx, consumer: Consumer | None, credential: Credential) -> None:
+    """A credential was accepted. ``consumer`` is None only for a JWKS token that names no known consumer."""
+    ctx.consumer = consumer
+    ctx.credential = credential
+    ctx.authenticated = True
+    values = _identity(consumer)
+    values.append((CREDENTIAL_IDENTIFIER, credential.identifier))
+    values.append((CONSUMER_GROUPS, ", ".join(consumer.groups) if consumer is not None else None))
+    values.append((ANONYMOUS, None))
+    _apply(ctx.headers, values)
+
+
+def anonymous(ctx: Ctx, consumer: Consumer) -> None:
+    """Authentication failed; the request goes on as the plugin's ``anonymous`` consumer."""
+    ctx.consumer = consumer
+    ctx.credential = None
+    values = _identity(consumer)
+    values.append((CREDENTIAL_IDENTIFIER, None))
+    values.append((CONSUMER_GROUPS, None))
+    values.append((ANONYMOUS, "true"))
+    _apply(ctx.headers, values)
+
+
+def skip(ctx: Ctx, anonymous_consumer: Consumer | None, run_on_preflight: bool = True) -> bool:
+    """True when the plugin must not run: an OPTIONS request with ``run_on_preflight`` false, or Kong's logical OR
+    (``anonymous`` set and an earlier plugin already authenticated the request)."""
+    if not run_on_preflight and ctx.method == "OPTIONS":
+        return True
+    return anonymous_consumer is not None and ctx.authenticated
+
+
+def resolve_anonymous(env: BuildEnv, ref: str | None) -> Consumer | None:
+    """The ``anonymous`` consumer (by id, username or custom_id), found when the plugin is built: a reference to a
+    consumer that does not exist is a configuration error (Kong finds out on the first failed request, with a 500)."""
+    if not ref:
+        return None
+    consumer = env.consumer(ref)
+    if consumer is None:
+        raise ValueError(f"anonymous: no consumer with id, username or custom_id {ref!r}")
+    return consumer
+
+
+def check_realm(v: str | None) -> str | None:
+    """A realm is sent in a quoted string: printable ASCII without '"' and '\\', at most 128 characters."""
+    if v is not None and not _REALM.match(v):
+        raise ValueError("realm must be 1 to 128 printable ASCII characters without '\"' or '\\'")
+    return v
+
+
+def check_anonymous(v: str | None) -> str | None:
+    """Kong configs often carry ``anonymous: ""`` for "none"."""
+    if v is None or v == "":
+        return None
+    if not v.isprintable() or len(v) > 256:
+        raise ValueError("anonymous must be a consumer id, username or custom_id")
+    return v
