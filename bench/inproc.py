@@ -1,6 +1,6 @@
 """CPU cost of gwanmun's own code per proxied request, without sockets or the kernel.
 
-    python bench/inproc.py [--requests 200000] [--profile | --instructions]
+    python bench/inproc.py [--requests 200000] [--profile | --instructions] [--variant bench/variants/F.yaml]
 
 Drives the real downstream protocol, exchange and upstream connection with in-memory transports: one GET and one
 12-byte upstream response per iteration, through the real config, router and access log. It reports CPU
@@ -52,8 +52,18 @@ class NullTransport:
     def abort(self): pass
 
 
-async def measure(n: int, log: str) -> float:
-    worker = Worker(compile_runtime(load_text(CONFIG.format(log=log))), asyncio.get_running_loop())
+async def measure(n: int, log: str, variant: dict | None = None) -> float:
+    request = REQUEST
+    if variant is None:
+        text = CONFIG.format(log=log)
+    else:  # the main config plus a bench/variants file's additions (see bench/run.py --variant)
+        from run import variant_config
+
+        gw = {**variant.get("gateway", {}), "upstream_keepalive_max_requests": 0}  # as CONFIG: one connection
+        text = variant_config(0, 18081, log, 1, {**variant, "gateway": gw})  # type: ignore[arg-type]
+        extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in variant.get("headers", {}).items())
+        request = REQUEST[:-2] + extra + b"\r\n"
+    worker = Worker(compile_runtime(load_text(text)), asyncio.get_running_loop())
     down = DownstreamProtocol(worker, 8000)
     down.connection_made(NullTransport())
     pool = worker.pools.get("127.0.0.1", 18081)
@@ -62,8 +72,10 @@ async def measure(n: int, log: str) -> float:
     pool.idle.append(conn)
     t = time.process_time()
     for _ in range(n):
-        down.data_received(REQUEST)
+        down.data_received(request)
         conn.data_received(RESPONSE)
+    if down.current is not None or conn.exchange is not None:
+        raise SystemExit("a request did not complete in memory (an access handler that waits? a refused request?)")
     us = (time.process_time() - t) / n * 1e6
     worker.access_log.close()
     return us
@@ -75,6 +87,7 @@ def main() -> int:
     p.add_argument("--profile", action="store_true", help="sample a longer run with py-spy --native")
     p.add_argument("--instructions", action="store_true", help="count instructions per request with callgrind")
     p.add_argument("--log", choices=("off", "on", "both"), default="both")
+    p.add_argument("--variant", metavar="FILE", help="also measure with a bench/variants file's config and headers")
     args = p.parse_args()
     if args.instructions:
         return instructions(("off", "on") if args.log == "both" else (args.log,))
@@ -88,6 +101,16 @@ def main() -> int:
         subprocess.run(["py-spy", "record", "--native", "-p", str(child.pid), "-d", "5", "-o", out], check=False)
         child.kill()
         print(f"flame graph: {out}")
+        return 0
+    if args.variant:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from run import load_variants
+
+        variant = load_variants([f"v={args.variant}"])["v"]
+        base = asyncio.run(measure(args.requests, "off"))
+        with_v = asyncio.run(measure(args.requests, "off", variant))
+        print(f"{base:.2f} us/request plain, {with_v:.2f} us/request with {args.variant} "
+              f"(+{with_v - base:.2f} us; access log off)")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         if args.log in ("off", "both"):

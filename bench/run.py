@@ -245,6 +245,7 @@ class Target:
     pid: int | None = None  # proxy process (tree) for CPU accounting
     access_log: Path | None = None
     log_lines_total: int = 0
+    headers: dict = field(default_factory=dict)  # sent with every request (a variant's credentials)
 
     def url(self, body: str) -> str:
         return f"http://127.0.0.1:{self.port}{self.path_prefix}{BODIES[body][0]}"
@@ -288,18 +289,25 @@ def yq(s: str) -> str:
 
 def variant_config(port: int, origin_port: int, access_log: Path, workers: int, variant: dict) -> str:
     """The main comparison's config (one catch-all route) with a variant's additions merged in: ``service`` (fields
-    of the service), ``route`` (fields of the route) and ``top`` (top-level keys: consumers, plugins, upstreams...).
-    JSON is YAML, so the config is written as JSON."""
+    of the service), ``route`` (fields of the route), ``gateway`` (gateway settings) and ``top`` (top-level keys:
+    consumers, plugins, upstreams...). JSON is YAML, so the config is written as JSON."""
     svc = {"name": "origin", "url": f"http://127.0.0.1:{origin_port}", **variant.get("service", {}),
            "routes": [{"name": "r0", "paths": ["/"], **variant.get("route", {})}]}
     cfg = {"_format_version": "3.0",
-           "gateway": {"workers": workers, "listen": [f"127.0.0.1:{port}"], "access_log": str(access_log)},
+           "gateway": {"workers": workers, "listen": [f"127.0.0.1:{port}"], "access_log": str(access_log),
+                       **variant.get("gateway", {})},
            "services": [svc], **variant.get("top", {})}
     return json.dumps(cfg, indent=1)
 
 
+VARIANT_KEYS = {"service", "route", "gateway", "top", "headers"}
+
+
 def load_variants(specs: list[str]) -> dict[str, dict]:
-    """``--variant NAME=FILE``: FILE is YAML with optional ``service``, ``route`` and ``top`` mappings."""
+    """``--variant NAME=FILE``: FILE is YAML with optional ``service``, ``route``, ``gateway`` and ``top`` mappings,
+    and ``headers`` that every request to that variant carries (wrk -H). Two placeholders are filled in when the
+    file is read: the string ``@passport-key`` (a new passport signing key), and ``@hs256 <secret> <iss>`` within a
+    string (an HS256 JWT with that issuer, valid for a day)."""
     import yaml
 
     out = {}
@@ -308,10 +316,28 @@ def load_variants(specs: list[str]) -> dict[str, dict]:
         if not sep or not name or not path:
             raise SystemExit(f"--variant {spec!r}: expected NAME=FILE")
         data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict) or set(data) - {"service", "route", "top"}:
-            raise SystemExit(f"--variant {spec!r}: the file must be a mapping of service/route/top")
-        out[name] = data
+        if not isinstance(data, dict) or set(data) - VARIANT_KEYS:
+            raise SystemExit(f"--variant {spec!r}: the file must be a mapping of {', '.join(sorted(VARIANT_KEYS))}")
+        out[name] = _expand(data)
     return out
+
+
+def _expand(obj):
+    if isinstance(obj, dict):
+        return {k: _expand(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_expand(v) for v in obj]
+    if obj == "@passport-key":
+        sys.path.insert(0, str(REPO_DIR))
+        from gwanmun.passport import generate_key
+
+        return generate_key("EdDSA", "bench")
+    if isinstance(obj, str) and "@hs256 " in obj:
+        import jwt
+
+        return re.sub(r"@hs256 (\S+) (\S+)", lambda m: jwt.encode(
+            {"iss": m.group(2), "sub": "bench", "exp": int(time.time()) + 86400}, m.group(1), algorithm="HS256"), obj)
+    return obj
 
 
 def gwanmun_config(port: int, origin_port: int, access_log: Path, nroutes: int | None, workers: int = 1) -> str:
@@ -477,7 +503,8 @@ class Bench:
         except SetupError as e:
             raise SetupError(f"gwanmun failed to start ({name}, config {cfg}):\n{e}") from None
         prefix = BENCH_ROUTE_PREFIX if nroutes is not None else ""
-        return Target(name, port, prefix, p.pid, access_log)
+        headers = {str(k): str(v) for k, v in (variant or {}).get("headers", {}).items()}
+        return Target(name, port, prefix, p.pid, access_log, headers=headers)
 
     def setup(self) -> None:
         a = self.args
@@ -532,7 +559,7 @@ class Bench:
                 url_path = t.path_prefix + path
                 try:
                     c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
-                    c.request("GET", url_path)
+                    c.request("GET", url_path, headers=t.headers)
                     r = c.getresponse()
                     got = r.read()
                     c.close()
@@ -548,11 +575,12 @@ class Bench:
         return [self.args.only] if self.args.only else ["small", "large"]
 
     # -- wrk ---------------------------------------------------------------
-    def run_wrk(self, url: str, seconds: float) -> tuple[dict, str, float]:
+    def run_wrk(self, url: str, seconds: float, headers: dict | None = None) -> tuple[dict, str, float]:
         a = self.args
+        extra = [x for k, v in (headers or {}).items() for x in ("-H", f"{k}: {v}")]
         argv = self.pinned(a.load_cpu, [
             self.wrk, f"-t{a.threads}", f"-c{a.connections}", f"-d{max(1, round(seconds))}s",
-            "--latency", "--timeout", "5s", "-s", str(WRK_SCRIPT), url,
+            "--latency", "--timeout", "5s", *extra, "-s", str(WRK_SCRIPT), url,
         ])
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
@@ -609,7 +637,7 @@ class Bench:
     def _measure(self, t: Target, body: str, rnd: int) -> Measurement:
         url = t.url(body)
         if self.args.warmup > 0:
-            w, _out, _ = self.run_wrk(url, self.args.warmup)
+            w, _out, _ = self.run_wrk(url, self.args.warmup, t.headers)
             if w["errors"]["status"] or w["non2xx_text"]:
                 self.warnings.append(f"{t.name}/{body} round {rnd}: warm-up saw {w['errors']['status']} non-2xx/3xx")
         time.sleep(0.2)
@@ -618,7 +646,7 @@ class Bench:
         p0 = tree_cpu_ticks(t.pid) if t.pid else 0
         o0 = tree_cpu_ticks(self.origin_pid)
         s0 = system_cpu_ticks()
-        res, out, wrk_cpu = self.run_wrk(url, self.args.duration)
+        res, out, wrk_cpu = self.run_wrk(url, self.args.duration, t.headers)
         s1 = system_cpu_ticks()
         p1 = tree_cpu_ticks(t.pid) if t.pid else 0
         o1 = tree_cpu_ticks(self.origin_pid)

@@ -202,7 +202,58 @@ def parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_validate)
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=_version)
+    d = sub.add_parser("demo", help="run the memo demo: token service, memo service and the gateway (:8000)")
+    d.add_argument("--port", type=int, default=8000, help="the gateway's port")
+    d.add_argument("--token-port", type=int, default=9101)
+    d.add_argument("--memo-port", type=int, default=9102)
+    d.add_argument("--check", action="store_true", help="run the demo's flow once, report, and stop")
+    d.set_defaults(func=_demo)
+    hp = sub.add_parser("hash-password", help="print a bcrypt hash for basicauth_credentials (reads stdin)")
+    hp.add_argument("--scheme", choices=["bcrypt", "argon2"], default="bcrypt")
+    hp.set_defaults(func=_hash_password)
+    hk = sub.add_parser("hash-key", help="print the sha256$ hash of an API key for keyauth_credentials.key_hash")
+    hk.set_defaults(func=_hash_key)
+    pk = sub.add_parser("passport-key", help="print a new passport signing key (YAML for gateway.passport.keys)")
+    pk.add_argument("--algorithm", choices=["EdDSA", "ES256"], default="EdDSA")
+    pk.add_argument("--kid", default=None)
+    pk.set_defaults(func=_passport_key)
     return p
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo
+
+    return demo(args.port, args.token_port, args.memo_port, args.check)
+
+
+def _read_secret(prompt: str) -> str:
+    import getpass
+
+    value = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if not value:
+        raise SystemExit("gwanmun: nothing read")
+    return value
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    from .auth.secrets import PasswordPolicy, hash_password
+
+    print(hash_password(_read_secret("password: "), PasswordPolicy(scheme=args.scheme)))
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    from .auth.secrets import hash_key
+
+    print(hash_key(_read_secret("key: ")))
+    return 0
+
+
+def _passport_key(args: argparse.Namespace) -> int:
+    from .passport import print_new_key
+
+    print_new_key(args.algorithm, args.kid)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from .http.wire import (
     F_FORWARD,
     F_FORWARDED,
     F_HOST,
+    F_IDENTITY,
     F_REQUEST_ID,
     F_TE,
     F_UPGRADE,
@@ -49,6 +50,7 @@ from .http.wire import (
     status_line,
 )
 from .http.normalize import split_target
+from .plugins.base import Ctx, Headers, Reply, Response
 from .http.validate import check_request_head
 from .routing.paths import upstream_path
 from .upstream.balancer import Balancer
@@ -74,6 +76,10 @@ log = logging.getLogger("gwanmun.proxy")
 REPLAY_LIMIT: Final = 64 * 1024
 # Request bytes buffered while no upstream connection is ready yet; past this, downstream reading pauses.
 PENDING_LIMIT: Final = 256 * 1024
+# Bodies held whole for plugins that read or rewrite them (request-transformer, response-transformer).
+REQUEST_BUFFER_LIMIT: Final = 8 * 1024 * 1024
+RESPONSE_BUFFER_LIMIT: Final = 8 * 1024 * 1024
+_LENGTH_FIELD: Final = {b"content-length"}
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
@@ -166,6 +172,25 @@ class Exchange:
     mirror: Any = None  # upstream.mirror.MirrorSpec when this request is mirrored
     mirror_buf: Any = None  # the request body as sent, for the mirror; None: not mirrored (or too big)
     mirror_size = 0
+    # plugins (gwanmun/plugins): all None for a route without any
+    chain: Any = None  # plugins.chain.Chain
+    ctx: Any = None  # plugins.base.Ctx
+    ai = 0  # the next access handler to run
+    access_done = False
+    fwd: Any = None  # forwarded request fields (flat list), joined once the access phase is over
+    conn_named: Any = None  # fields the client's Connection header named (dropped)
+    tail_rest = b""  # the head tail after the forwarded fields
+    req_buf: Any = None  # the raw request body, for plugins that read it whole
+    req_buf_size = 0
+    resp_buf: Any = None  # the response body, for plugins that rewrite it
+    resp_buf_size = 0
+    resp_obj: Any = None  # plugins.base.Response of the head held while its body is buffered
+    resp_head = b""  # that head
+    in_reply = False
+    up_override: Any = None  # a plugin's upstream path (bytes), replacing the routed one
+    up_host = b""  # a plugin's upstream Host
+    max_body = -1  # a plugin's limit on the streamed request body (request-size-limiting); -1: none
+    body_seen = 0  # request body bytes received (counted only under such a limit)
 
     def __init__(
         self,
@@ -278,13 +303,6 @@ class Exchange:
 
         if not host and self.version == "1.1":
             return self.fail(400, "bad_request", "missing Host header")
-        if self.req_chunked and self.pending:
-            # A pipelined request's body read while it waited its turn was kept as it came, before this head was
-            # read: frame it now, as request_body does from here on.
-            framed = [b"%x\r\n%b\r\n" % (len(d), d) for d in self.pending]
-            if self.req_done:
-                framed.append(LAST_CHUNK)
-            self.pending = framed
 
         # The path is normalised once, here (http/normalize.py): routing, the log, X-Forwarded-Path and the
         # upstream all see the same one, so dot-segments and encodings cannot reach a route they should not.
@@ -300,6 +318,9 @@ class Exchange:
         if trusted and xff:
             self.client_ip = _real_ip(xff, down.client_ip, settings)
 
+        jwks = rt.jwks
+        if jwks is not None and path == jwks[0] and (self.method == "GET" or self.method == "HEAD"):
+            return self._serve_jwks(jwks[1])
         router = rt.router
         scheme = "https" if down.scheme_b == b"https" else "http"
         cached = router.match_cached  # the LRU-cached matcher, called directly when no route matches on headers
@@ -333,6 +354,20 @@ class Exchange:
         self.host_b = host
         self.path_b = path_b
         self.query = query
+        chain = route.plugins
+        if chain is not None and chain.buffers_request and self.req_has_body and not self.upgrade:
+            # a plugin reads the whole body: it is kept raw (req_buf), then sent with a Content-Length
+            self.req_buf = self.pending or []
+            self.pending = None
+            self.req_chunked = False
+            fwd = _drop_named(fwd, _LENGTH_FIELD)
+        elif self.req_chunked and self.pending:
+            # A pipelined request's body read while it waited its turn was kept as it came, before this head was
+            # read: frame it now, as request_body does from here on.
+            framed = [b"%x\r\n%b\r\n" % (len(d), d) for d in self.pending]
+            if self.req_done:
+                framed.append(LAST_CHUNK)
+            self.pending = framed
 
         # Everything of the upstream head after its Host line: the same for every try and target. The head is a
         # %-format of bytes and ints: compiled, that is a single sized concatenation. Every argument is a typed
@@ -363,13 +398,26 @@ class Exchange:
         te: bytes = b"Transfer-Encoding: chunked\r\n" if self.req_chunked else b""
         if self.upgrade:
             te = b"Connection: upgrade\r\nUpgrade: %b\r\n" % self.upgrade
-        self.head_tail = b"%b%bX-Forwarded-Host: %b\r\nX-Forwarded-Path: %b\r\n%b%b%b: %b\r\n%b\r\n" % (
-            fields, forwarded, fwd_host, fwd_path, prefix, via_line, rid_name, rid.encode("latin-1"), te,
+        if chain is None:
+            self.head_tail = b"%b%bX-Forwarded-Host: %b\r\nX-Forwarded-Path: %b\r\n%b%b%b: %b\r\n%b\r\n" % (
+                fields, forwarded, fwd_host, fwd_path, prefix, via_line, rid_name, rid.encode("latin-1"), te,
+            )
+            return self._proceed()
+        # Plugins run first; they may change the forwarded fields, so those are joined after them.
+        self.fwd = fwd
+        self.conn_named = tokens - _PLAIN_CONNECTION if tokens else None
+        self.tail_rest = b"%bX-Forwarded-Host: %b\r\nX-Forwarded-Path: %b\r\n%b%b%b: %b\r\n%b\r\n" % (
+            forwarded, fwd_host, fwd_path, prefix, via_line, rid_name, rid.encode("latin-1"), te,
         )
+        self._access_begin(chain)
 
+    def _proceed(self) -> None:
+        """Routed (and past the plugins' access phase): mirror, admit, forward."""
+        route = self.route
         mirror = route.mirror
         if mirror is not None and not self.upgrade and mirror.sample():
             self._mirror_begin(mirror)
+        svc: Service = self.service
         if svc.resilience is not None:
             return self._admit(svc)
         self._forward(svc)
@@ -410,10 +458,16 @@ class Exchange:
     def _head(self, svc: Service, target: Target, own: bool = True) -> bytes:
         """The upstream request head for ``svc`` and ``target``: request line and Host, then the common tail."""
         path: str = self.path
-        up_path = upstream_path(svc.path, self.match, path)
-        up_path_b: bytes = self.path_b if up_path is path else up_path.encode("latin-1")
+        up_path_b: bytes
+        if self.up_override is None:
+            up_path = upstream_path(svc.path, self.match, path)
+            up_path_b = self.path_b if up_path is path else up_path.encode("latin-1")
+        else:
+            up_path_b = self.up_override
         host: bytes = self.host_b
         host_out: bytes = host if self.route.preserve_host and host else target.host_header
+        if self.up_host:
+            host_out = self.up_host
         method: str = self.method
         query: bytes = self.query
         tail: bytes = self.head_tail
@@ -462,6 +516,284 @@ class Exchange:
             self.start()
             if self.up_buf:
                 self.flush_upstream()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # plugins (gwanmun/plugins): access phase, request and response bodies, replies, log
+    # ------------------------------------------------------------------------------------------------------------
+    def _access_begin(self, chain: Any) -> None:
+        table: dict[bytes, int] = self.rt.settings.request_fields
+        # what plugins read of the request: the client's fields, less the identity fields only the gateway may set
+        fields = [(n, v) for n, v in self.headers if table.get(n.lower(), F_FORWARD) != F_IDENTITY]
+        self.chain = chain
+        self.ctx = Ctx(self, self.method, self.path, self.query, Headers(fields), self.client_ip, self.route,
+                       self.service, self.request_id, self.down.worker.loop.time())
+        self._access_next()
+
+    def _access_next(self) -> None:
+        """Run access handlers from ``ai`` on until one answers, one must wait, or all are done."""
+        ctx = self.ctx
+        while True:
+            chain = self.chain
+            handlers = chain.access
+            i = self.ai
+            if i >= len(handlers):
+                break
+            priority, handler = handlers[i]
+            self.ai = i + 1
+            had = ctx.consumer
+            try:
+                result = handler(ctx)
+            except Exception:  # noqa: BLE001 - a plugin's bug answers 500, never takes the worker down
+                log.exception("request %s: plugin access handler %r failed", self.request_id, handler)
+                return self._plugin_failed()
+            if result is None:
+                if chain.consumer_scoped and ctx.consumer is not None and ctx.consumer is not had:
+                    # consumer-scoped plugins: go on with the consumer's chain, after this priority
+                    new = chain.for_consumer(ctx.consumer)
+                    self.chain = new
+                    self.ai = sum(1 for p, _ in new.access if p >= priority)
+                continue
+            if isinstance(result, Reply):
+                return self._reply(result)
+            self.task = asyncio.get_running_loop().create_task(self._access_wait(result))
+            return
+        self._access_complete()
+
+    async def _access_wait(self, awaitable: Any) -> None:
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("request %s: plugin access handler failed", self.request_id)
+            self.task = None
+            if not self.finished:
+                self._plugin_failed()
+                self.flush_downstream()
+            return
+        self.task = None
+        if self.finished:
+            return
+        if result is not None:
+            self._reply(result)
+        else:
+            self._access_next()
+            self.flush_upstream()
+        self.flush_downstream()
+
+    def _access_complete(self) -> None:
+        """Every access handler said go on: join the (maybe changed) fields, pick the service, forward."""
+        ctx = self.ctx
+        self.access_done = True
+        headers = ctx.headers
+        fwd = self.fwd
+        if headers.changed:
+            fwd = _forwardable(headers.fields, self.rt.settings.request_fields, self.down.trusted, self.conn_named,
+                               self.req_buf is not None)
+            for name, value in headers.added:
+                fwd += (name, b": ", value, b"\r\n")
+        if ctx.query is not self.query:
+            self.query = ctx.query
+        if ctx.upstream_path is not None:
+            self.up_override = ctx.upstream_path.encode("latin-1")  # the whole upstream path, as Kong's set_path
+        shared = ctx.shared
+        if shared:
+            method = shared.get("method")
+            if method:
+                self.method = method
+            host = shared.get("upstream_host")
+            if host:
+                self.up_host = host.encode("latin-1")
+            limit = shared.get("max_body")
+            if limit is not None:
+                self.max_body = limit
+                if self.body_seen > limit:
+                    return self._body_too_large()
+        split = self.route.splits
+        if split is not None:
+            svc = split.choose(ctx)
+            if svc is not None:
+                self.service = svc
+        self.fwd = fwd
+        if self.req_buf is not None:
+            if self.req_done:
+                self._request_buffered()
+            return  # request_done goes on
+        self.head_tail = b"".join(fwd) + self.tail_rest
+        self._proceed()
+
+    def _request_buffered(self) -> None:
+        """The whole body of a buffered request is here: the plugins read or rewrite it, then it is sent."""
+        parts = self.req_buf
+        self.req_buf = None
+        body = b"".join(parts) if parts else b""
+        ctx = self.ctx
+        ctx.body = body
+        for handler in self.chain.request_body:
+            try:
+                result = handler(ctx, body)
+            except Exception:  # noqa: BLE001
+                log.exception("request %s: plugin request_body handler failed", self.request_id)
+                return self._plugin_failed()
+            if isinstance(result, Reply):
+                return self._reply(result)
+            if result is not None:
+                body = result
+                ctx.body = body
+        if ctx.query is not self.query:  # a body plugin may move form fields to the query (request-transformer)
+            self.query = ctx.query
+        self.head_tail = b"".join(self.fwd) + b"Content-Length: %d\r\n" % len(body) + self.tail_rest
+        self.pending = [body] if body else None
+        self.pending_size = len(body)
+        self._proceed()
+        self.flush_upstream()
+
+    def _serve_jwks(self, body: bytes) -> None:
+        """The passport keys (gateway.passport.jwks_path), for backends to verify passports with."""
+        self.status = 200
+        self.error = ""
+        self._respond(200, [(b"Content-Type", b"application/jwk-set+json"), (b"Cache-Control", b"max-age=300")],
+                      body)
+
+    def _body_too_large(self) -> None:
+        """The request body passed a plugin's limit: 413 (or a cut connection if the upstream already had some)."""
+        self.max_body = -1
+        self.req_buf = None
+        self.keep_alive = False  # the rest of the body is not read
+        self.fail(413, "request_too_large", "Request size limit exceeded")
+
+    def _plugin_failed(self) -> None:
+        self.error = "plugin failed"
+        self.fail(500, "plugin_error", "An unexpected error occurred")
+
+    def _reply(self, reply: Reply) -> None:
+        """A plugin answered: its reply (through the header filters) instead of the upstream's response."""
+        if self.finished or self.head_sent:
+            return
+        self._drop_upstream()
+        if self.balanced:
+            self._settled()
+        if self.permit >= 0 or self.tpermit >= 0:
+            self._release_permits()
+        body = reply.body
+        if not isinstance(body, bytes):
+            if reply.error and isinstance(body, dict):
+                body = {**body, "request_id": self.request_id}
+            body = orjson.dumps(body)
+            ctype = b"application/json; charset=utf-8"
+        else:
+            ctype = b""
+        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        if ctype and not any(n.lower() == b"content-type" for n, _ in fields):
+            fields.append((b"Content-Type", ctype))
+        if reply.error and not self.error:
+            self.error = body.decode("utf-8", "replace")[:200] if isinstance(body, bytes) else ""
+        if self.req_has_body and not self.req_done:
+            self.keep_alive = False
+        self._respond(reply.status, fields, body)
+
+    def _respond(self, status: int, fields: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Send a response the gateway makes (a plugin's reply, an error on a route with plugins), after the
+        plugins' header filters; ``fields`` exclude Content-Length, Connection and the request id."""
+        ctx = self.ctx
+        chain = self.chain
+        if ctx is not None and chain is not None and chain.header_filter and not self.in_reply:
+            self.in_reply = True
+            resp = Response(status, Headers(fields), from_gateway=True)
+            ctx.response = resp
+            for handler in chain.header_filter:
+                try:
+                    handler(ctx, resp)
+                except Exception:  # noqa: BLE001
+                    log.exception("request %s: plugin header_filter failed", self.request_id)
+            status = resp.status
+            fields = resp.headers.fields + resp.headers.added
+        settings = self.rt.settings
+        if self.down.closing:
+            self.keep_alive = False
+        connection = b"" if self.keep_alive and self.version == "1.1" else (
+            b"Connection: keep-alive\r\n" if self.keep_alive else b"Connection: close\r\n")
+        rid_lower: bytes = settings.request_id_lower
+        lines = b"".join(b"%b: %b\r\n" % (n, v) for n, v in fields
+                         if n.lower() not in _REPLY_MANAGED and n.lower() != rid_lower)
+        head = b"%b%bContent-Length: %d\r\n%b: %b\r\n%b\r\n" % (
+            status_line(status), lines, len(body), settings.request_id_header, self.request_id.encode("latin-1"),
+            connection)
+        self.status = status
+        self.out.append(head if self.method == "HEAD" or status in (204, 304) else head + body)
+        self.bytes_out += len(head) + len(body)
+        self.head_sent = True
+        self.resp_done = True
+        self._finish()
+
+    def _response_filters(self, status: int, lines: list[bytes]) -> tuple[int, list[bytes]]:
+        """The upstream's response head through the plugins' header filters; decides whether its body is held
+        for ``response_body`` plugins."""
+        fields = []
+        for line in lines:
+            name, _, value = line[:-2].partition(b": ")
+            fields.append((name, value))
+        resp = Response(status, Headers(fields))
+        ctx = self.ctx
+        ctx.response = resp
+        for handler in self.chain.header_filter:
+            try:
+                handler(ctx, resp)
+            except Exception:  # noqa: BLE001
+                log.exception("request %s: plugin header_filter failed", self.request_id)
+        if self.chain.buffers_response and self.method != "HEAD" and resp.status not in (204, 304):
+            if any(p.wants_body(ctx, resp) for p in self.chain.response_body):
+                self.resp_buf = []
+                self.resp_obj = resp
+        out = [b"%b: %b\r\n" % (n, v) for n, v in resp.headers.fields + resp.headers.added
+               if self.resp_buf is None or n.lower() != b"content-length"]
+        return resp.status, out
+
+    def _response_buffered(self) -> None:
+        """The whole body of a held response: the plugins rewrite it, then head and body go out together."""
+        body = b"".join(self.resp_buf)
+        self.resp_buf = None
+        ctx = self.ctx
+        resp = self.resp_obj
+        for p in self.chain.response_body:
+            if p.wants_body(ctx, resp):
+                try:
+                    body = p.response_body(ctx, resp, body)
+                except Exception:  # noqa: BLE001
+                    log.exception("request %s: plugin %s response_body failed", self.request_id, p.name)
+        head = self.resp_head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body)  # the held head, with our length
+        self.resp_head = b""
+        self.out.append(head + body)
+        self.bytes_out += len(head) + len(body)
+        self.head_sent = True
+
+    def _response_overflow(self) -> None:
+        """A held response grew past RESPONSE_BUFFER_LIMIT: send it on unchanged (streamed, chunked for HTTP/1.1)."""
+        log.warning("request %s: response over %d bytes: sent without the plugins' body changes", self.request_id,
+                    RESPONSE_BUFFER_LIMIT)
+        parts = self.resp_buf
+        self.resp_buf = None
+        head = self.resp_head
+        self.resp_head = b""
+        if self.version == "1.1":
+            head = head[:-2] + b"Transfer-Encoding: chunked\r\n\r\n"
+            self.down_chunked = True
+        else:
+            self.keep_alive = False
+        self.out.append(head)
+        self.bytes_out += len(head)
+        self.head_sent = True
+        for data in parts:
+            self.bytes_out += len(data)
+            self.out.append(b"%x\r\n%b\r\n" % (len(data), data) if self.down_chunked else data)
+
+    def _run_log_phase(self) -> None:
+        ctx = self.ctx
+        for handler in self.chain.log:
+            try:
+                handler(ctx)
+            except Exception:  # noqa: BLE001
+                log.exception("request %s: plugin log handler failed", self.request_id)
 
     # ------------------------------------------------------------------------------------------------------------
     # resilience: bulkhead, circuit breakers, retry policy, fallback (docs/resilience.md); mirroring
@@ -775,6 +1107,18 @@ class Exchange:
         if self.resp_done or self.finished:
             return  # answered already (e.g. 404); the rest of the body is read and dropped
         self.bytes_in += len(data)
+        if self.max_body >= 0 or self.chain is not None:
+            self.body_seen += len(data)
+            if 0 <= self.max_body < self.body_seen:
+                return self._body_too_large()
+        if self.req_buf is not None:
+            self.req_buf.append(data)
+            self.req_buf_size += len(data)
+            if self.req_buf_size > REQUEST_BUFFER_LIMIT:
+                self.req_buf = None
+                self.keep_alive = False
+                self.fail(413, "request_too_large", "Request size limit exceeded")
+            return
         if self.req_chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         if self.mirror_buf is not None:
@@ -791,6 +1135,10 @@ class Exchange:
 
     def request_done(self) -> None:
         self.req_done = True
+        if self.req_buf is not None:
+            if self.access_done and not self.finished:
+                self._request_buffered()
+            return
         if self.mirror_buf is not None:
             if self.req_chunked:
                 self._mirror_add(LAST_CHUNK)
@@ -1169,6 +1517,11 @@ class Exchange:
                 return
             if self._fallback(FB_RETRIES_EXHAUSTED):
                 return
+        chain = self.chain
+        if chain is not None and (chain.header_filter or chain.buffers_response):
+            status, lines = self._response_filters(status, lines)
+            self.status = status
+            fields = b"".join(lines)
 
         if self.method == "HEAD" or status == 204 or status == 304:
             mode = _NONE
@@ -1186,6 +1539,9 @@ class Exchange:
                 te = b"Transfer-Encoding: chunked\r\n"
             else:
                 self.keep_alive = False  # an HTTP/1.0 client reads to the close
+        if self.resp_buf is not None:  # held whole for the plugins: sent with a Content-Length
+            self.down_chunked = False
+            te = b""
         if self.expect_continue and not self.req_done:
             self.keep_alive = False  # the client may never send the body it announced
         settings = self.rt.settings
@@ -1204,6 +1560,9 @@ class Exchange:
         head = b"%b%b%b%b%b: %b\r\n%b\r\n" % (
             line, fields, te, via, rid_name, self.request_id.encode("latin-1"), connection
         )
+        if self.resp_buf is not None:
+            self.resp_head = head  # held until the body is complete (_response_buffered)
+            return
         self.bytes_out += len(head)
         self.out.append(head)
         self.head_sent = True
@@ -1218,6 +1577,13 @@ class Exchange:
     def on_body(self, data: bytes) -> None:
         if self.resp_done:
             return
+        buf = self.resp_buf
+        if buf is not None:
+            buf.append(data)
+            self.resp_buf_size += len(data)
+            if self.resp_buf_size > RESPONSE_BUFFER_LIMIT:
+                self._response_overflow()
+            return
         self.bytes_out += len(data)
         if self.down_chunked:
             self.out.append(b"%x\r\n%b\r\n" % (len(data), data))
@@ -1227,6 +1593,8 @@ class Exchange:
     def on_message_complete(self) -> None:
         if not self.status or self.resp_done or self.tunneling:
             return  # end of a 1xx interim response, or a HEAD response already ended
+        if self.resp_buf is not None:
+            self._response_buffered()
         if self.down_chunked:
             self.out.append(LAST_CHUNK)
         self.resp_done = True
@@ -1357,6 +1725,14 @@ class Exchange:
         if self.down.closing or (self.req_has_body and not self.req_done):
             self.keep_alive = False
         body = orjson.dumps({"message": message, "request_id": self.request_id})
+        if self.ctx is not None and not self.in_reply:  # the plugins' header filters see gateway errors too
+            fields = [(b"Content-Type", b"application/json; charset=utf-8")]
+            for line in extra.split(b"\r\n"):
+                if line:
+                    name, _, value = line.partition(b": ")
+                    fields.append((name, value))
+            self.resp_buf = None
+            return self._respond(status, fields, body)
         if not self.keep_alive:
             connection = b"Connection: close\r\n"
         elif self.version == "1.0":
@@ -1389,6 +1765,8 @@ class Exchange:
         worker = self.down.worker
         if not self.t_up_end and self.t_up:
             self.t_up_end = perf_counter()
+        if self.chain is not None and self.chain.log:
+            self._run_log_phase()
         worker.access_log.write(self)
         self.down.exchange_done(self)
 
@@ -1449,6 +1827,25 @@ def error_head(status: int, length: int, request_id: str, connection: bytes) -> 
 # ---------------------------------------------------------------------------------------------------------------------
 # small pure helpers
 # ---------------------------------------------------------------------------------------------------------------------
+_REPLY_MANAGED: Final = frozenset({b"content-length", b"connection", b"transfer-encoding", b"keep-alive",
+                                    b"x-request-id"})
+
+
+def _forwardable(fields: list[tuple[bytes, bytes]], table: dict[bytes, int], trusted: bool, named: Any,
+                 drop_length: bool) -> list[bytes]:
+    """The flat field list to forward, rebuilt from a plugin-changed request: what ``start`` forwards of each field
+    class (ordinary fields and Content-Length, and Forwarded from trusted peers), less the Connection-named ones."""
+    out: list[bytes] = []
+    for name, value in fields:
+        action = table.get(name)
+        if action is None:
+            action = table.get(name.lower(), F_FORWARD)
+        if action == F_FORWARD or (action == F_CL and not drop_length) or (action == F_FORWARDED and trusted):
+            if named is None or name.lower() not in named:
+                out += (name, b": ", value, b"\r\n")
+    return out
+
+
 def _drop_named(parts: list[bytes], names: set[bytes]) -> list[bytes]:
     """Remove the fields named in ``names`` from a flat [name, ': ', value, CRLF, ...] list."""
     out: list[bytes] = []

@@ -88,6 +88,9 @@ class Runtime:
     gateway: Any = None  # the validated GatewayConfig, for what only the server reads (listeners, logs, pools)
     tls: Any = None  # tls.ServerTLS: certificates by SNI for HTTPS listeners (None without one)
     health: tuple = ()  # upstream.health.HealthSpec of every upstream: its targets and its compiled healthchecks
+    plugins: tuple = ()  # plugins.chain.Scoped: every plugin built for this config (for carry-over and aclose)
+    env: Any = None  # plugins.base.BuildEnv: consumers and credentials
+    jwks: Any = None  # (path, JSON body) of the passport JWKS, served before routing; None: not served
 
 
 class RuntimeHolder:

@@ -113,6 +113,7 @@ class Worker:
         """
         old_gw, gw = self.holder.current.gateway, runtime.gateway
         access_log = AccessLog(gw.access_log, self.loop) if gw.access_log != old_gw.access_log else None
+        carry_plugins(self.holder.current, runtime)
         old = self.holder.swap(runtime)
         self.health.apply(runtime.health, runtime.services)  # the state of targets that still exist is kept
         reset = self.resilience.reconcile(resilience_of(runtime))
@@ -156,6 +157,7 @@ class Worker:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
+        await close_plugins(self.holder.current)
         self.pools.close()
         self.shadows.close()
         self.health.close()
@@ -164,6 +166,41 @@ class Worker:
     def force_close(self) -> None:
         """End a graceful shutdown now: connections still open are aborted."""
         self.forced = True
+
+
+def _plugin_key(scoped) -> tuple:
+    def ref(entity) -> str | None:
+        if entity is None:
+            return None
+        return getattr(entity, "name", None) or getattr(entity, "id", None) or getattr(entity, "username", None)
+
+    p = scoped.plugin
+    return (p.name, orjson.dumps(p.config.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS),
+            ref(scoped.service), ref(scoped.route), ref(scoped.consumer))
+
+
+def carry_plugins(old: Runtime, new: Runtime) -> None:
+    """A plugin whose name, config and scope are unchanged takes its predecessor's state (``carry_over``), so a
+    reload does not reset its counters or caches."""
+    if not old.plugins or not new.plugins:
+        return
+    previous = {_plugin_key(s): s.plugin for s in old.plugins}
+    for s in new.plugins:
+        before = previous.get(_plugin_key(s))
+        if before is not None:
+            try:
+                s.plugin.carry_over(before)
+            except Exception:  # noqa: BLE001 - a plugin's bug must not fail a reload
+                log.exception("plugin %s: carry_over failed", s.plugin.name)
+
+
+async def close_plugins(runtime: Runtime) -> None:
+    """A retired runtime's plugins stop their background work (``aclose``)."""
+    for s in runtime.plugins:
+        try:
+            await s.plugin.aclose()
+        except Exception:  # noqa: BLE001
+            log.exception("plugin %s: aclose failed", s.plugin.name)
 
 
 def resilience_of(runtime: Runtime) -> dict[str, ServiceResilience]:

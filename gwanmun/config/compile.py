@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import uuid
 
 from ..http.wire import request_fields, response_fields
+from ..plugins import registry as plugin_registry
+from ..plugins.base import BasicCredential, BuildEnv, Consumer, JwtSecret, KeyCredential
+from ..plugins.chain import Scoped, build_plugin, route_chain
 from ..resilience.fault import FaultSpec
 from ..resilience.registry import ServiceResilience
 from ..upstream.mirror import MirrorSpec
+from ..routing.identity import compile_splits
 from ..routing.router import RouteEntry
 from ..routing.schemes import build_router
 from .model import parse_host_port
@@ -22,6 +27,7 @@ from ..runtime import Runtime, Service, Settings
 from ..upstream.balancer import Balancer, ConsistentHashing, LeastConnections, Latency, RoundRobin, Target
 from ..upstream.hashing import HashSpec
 from ..upstream.health import compile_healthchecks
+from ..errors import ConfigError, ConfigIssue
 from .load import LoadedConfig
 
 _DEFAULT_PORT = {"http": 80, "https": 443}
@@ -174,6 +180,7 @@ def compile_runtime(loaded: LoadedConfig) -> Runtime:
             balancers[(id(u), scheme, id(tls))] = svc.balancer
 
     by_service = {id(s): svc for s, svc in zip(cfg.services, services)}
+    env, scoped = compile_plugins(cfg, loaded.source, loaded.lines)
     for s, svc in zip(cfg.services, services):
         if s.fallback is not None and s.fallback.service is not None:
             svc.fallback_to = by_service[id(cfg.get_service(s.fallback.service))]
@@ -198,6 +205,8 @@ def compile_runtime(loaded: LoadedConfig) -> Runtime:
                 target=_with_route_timeouts(by_service[id(s)], route),
                 fault=_fault_spec(route.fault),
                 mirror=_mirror_spec(cfg, route.mirror, by_service),
+                plugins=route_chain(scoped, route, s) if scoped else None,
+                splits=compile_splits(route.splits, lambda ref: by_service[id(cfg.get_service(ref))]),
                 index=len(entries),
             )
         )
@@ -223,6 +232,9 @@ def compile_runtime(loaded: LoadedConfig) -> Runtime:
         gateway=cfg.gateway,
         tls=server_tls,
         health=health,
+        plugins=tuple(scoped),
+        env=env,
+        jwks=_jwks(cfg.gateway.passport),
     )
 
 
@@ -235,6 +247,114 @@ def _with_route_timeouts(svc: Service, route) -> Service:
         if getattr(route, name) is not None
     }
     return dataclasses.replace(svc, **changes) if changes else svc
+
+
+def compile_plugins(cfg, source: str = "", lines=None) -> tuple[BuildEnv, list[Scoped]]:
+    """Consumers and credentials as the plugins see them, and every enabled plugin entity built, with its scope."""
+    env = BuildEnv(source=source, passport=cfg.gateway.passport)
+    groups: dict[str, list[Consumer]] = {g.name: [] for g in cfg.consumer_groups}
+    group_names = {g.id: g.name for g in cfg.consumer_groups if g.id} | {g.name: g.name for g in cfg.consumer_groups}
+    by_cfg: dict[int, Consumer] = {}
+    for c in cfg.consumers:
+        names = tuple(group_names[g] for g in c.groups if g in group_names)
+        consumer = Consumer(id=c.id or _stable_id("consumer", c.username or c.custom_id or ""), username=c.username,
+                            custom_id=c.custom_id, groups=names, tags=tuple(c.tags))
+        by_cfg[id(c)] = consumer
+        env.consumers[consumer.id] = consumer
+        for key in (c.username, c.custom_id):
+            if key:
+                env.consumers_by_name.setdefault(key, consumer)
+        for g in names:
+            groups[g].append(consumer)
+    env.groups = {g: tuple(m) for g, m in groups.items()}
+
+    def owner(c, cred) -> Consumer:
+        return by_cfg[id(c)] if c is not None else env.consumer(cred.consumer)  # type: ignore[return-value]
+
+    acl: dict[int, list[str]] = {}
+    for c, items in [(c, c.keyauth_credentials) for c in cfg.consumers] + [(None, cfg.keyauth_credentials)]:
+        for k in items:
+            env.keyauth.append(KeyCredential(
+                id=k.id or _stable_id("keyauth", k.key or k.key_hash or ""), key=k.key if k.key is not None
+                else k.key_hash, hashed=k.key is None, consumer=owner(c, k), tags=tuple(k.tags)))
+    for c, items in [(c, c.basicauth_credentials) for c in cfg.consumers] + [(None, cfg.basicauth_credentials)]:
+        for b in items:
+            env.basicauth.append(BasicCredential(id=b.id or _stable_id("basicauth", b.username), username=b.username,
+                                                 password=b.password, consumer=owner(c, b), tags=tuple(b.tags)))
+    for c, items in [(c, c.jwt_secrets) for c in cfg.consumers] + [(None, cfg.jwt_secrets)]:
+        for j in items:
+            env.jwt_secrets.append(JwtSecret(id=j.id or _stable_id("jwt", j.key), key=j.key, algorithm=j.algorithm,
+                                             secret=j.secret, rsa_public_key=j.rsa_public_key, consumer=owner(c, j),
+                                             tags=tuple(j.tags)))
+    for c, items in [(c, c.acls) for c in cfg.consumers] + [(None, cfg.acls)]:
+        for a in items:
+            acl.setdefault(id(owner(c, a)), []).append(a.group)
+    for consumer in env.consumers.values():
+        if id(consumer) in acl:
+            consumer.acl_groups = tuple(dict.fromkeys(acl[id(consumer)]))
+
+    routes = {}
+    for route, _ in cfg.all_routes():
+        for key in (route.name, route.id):
+            if key:
+                routes.setdefault(key, route)
+    scoped: list[Scoped] = []
+
+    def add(path: tuple, p, service=None, route=None, consumer=None) -> None:
+        if not p.enabled:
+            return
+        cls = plugin_registry.get(p.name)
+        assert cls is not None  # load rejected unknown plugins
+        service = service or (cfg.get_service(p.service) if p.service else None)
+        route = route or (routes.get(p.route) if p.route else None)
+        consumer = consumer or (env.consumer(p.consumer) if p.consumer else None)
+        try:
+            plugin = build_plugin(cls, p.config, env)
+        except (ValueError, TypeError) as exc:  # what only building can tell (an unknown anonymous consumer, ...)
+            line = _line_of(lines, path) if lines else None
+            raise ConfigError([ConfigIssue(path + ("config",), str(exc), source, line)]) from None
+        scoped.append(Scoped(plugin, service, route, consumer))
+
+    for i, p in enumerate(cfg.plugins):
+        add(("plugins", i), p)
+    for i, s in enumerate(cfg.services):
+        for j, p in enumerate(s.plugins):
+            add(("services", i, "plugins", j), p, service=s)
+        for j, route in enumerate(s.routes):
+            for k, p in enumerate(route.plugins):
+                add(("services", i, "routes", j, "plugins", k), p, route=route)
+    for i, route in enumerate(cfg.routes):
+        for j, p in enumerate(route.plugins):
+            add(("routes", i, "plugins", j), p, route=route)
+    for i, c in enumerate(cfg.consumers):
+        for j, p in enumerate(c.plugins):
+            add(("consumers", i, "plugins", j), p, consumer=by_cfg[id(c)])
+    return env, scoped
+
+
+def _line_of(lines, path: tuple) -> int | None:
+    for n in range(len(path), -1, -1):
+        line = lines.get(path[:n])
+        if line is not None:
+            return line
+    return None
+
+
+def _jwks(settings) -> tuple[str, bytes] | None:
+    """(path, JSON body) of the passport keys' JWKS, served on the proxy listeners; None without keys or path."""
+    if settings is None or settings.jwks_path is None:
+        return None
+    from ..passport import PassportSigner
+
+    import orjson
+
+    signer = PassportSigner([k.model_dump() for k in settings.keys], issuer=settings.issuer)
+    return settings.jwks_path, orjson.dumps(signer.jwks())
+
+
+def _stable_id(kind: str, key: str) -> str:
+    """An id for an entity written without one: the same across reloads (a UUID derived from its natural key)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gwanmun:{kind}:{key}"))
 
 
 def _resilience(s) -> ServiceResilience | None:

@@ -267,6 +267,7 @@ def _validate(
         issues.extend(
             ConfigIssue(path, message, filename, _line(path, lines)) for path, message in _semantic_issues(data, lines)
         )
+        issues.extend(_plugin_issues(data, filename, lines))
     if failed_paths:  # a value that could not be interpolated also fails validation: report it once
         issues = [
             i for i in issues
@@ -498,7 +499,132 @@ def _semantic_issues(data: dict[str, Any], lines: Mapping[tuple, int]) -> list[t
             add_target(found[1], ("targets", i), t)
 
     issues += _resilience_issues(services, all_routes, service_names, service_ids)
+    issues += _consumer_issues(data, service_names, service_ids, route_names, route_ids)
     issues += _tls_issues(data, services, upstreams, unique)
+    return issues
+
+
+def plugin_entities(data: dict[str, Any]) -> list[tuple[tuple, dict[str, Any], str]]:
+    """Every plugin entity in raw config data with its path and its parent kind ('' for top-level ones)."""
+    out: list[tuple[tuple, dict[str, Any], str]] = [(("plugins", i), p, "") for i, p in _items(data.get("plugins"))]
+    for i, s in _items(data.get("services")):
+        out += [(("services", i, "plugins", j), p, "service") for j, p in _items(s.get("plugins"))]
+        for j, r in _items(s.get("routes")):
+            out += [(("services", i, "routes", j, "plugins", k), p, "route") for k, p in _items(r.get("plugins"))]
+    for i, r in _items(data.get("routes")):
+        out += [(("routes", i, "plugins", j), p, "route") for j, p in _items(r.get("plugins"))]
+    for i, c in _items(data.get("consumers")):
+        out += [(("consumers", i, "plugins", j), p, "consumer") for j, p in _items(c.get("plugins"))]
+    return out
+
+
+def _plugin_issues(data: Any, filename: str, lines: Mapping[tuple, int]) -> list[ConfigIssue]:
+    """Each plugin's ``config`` against the plugin's own schema (its ``Config`` model), with the field paths."""
+    from ..plugins import registry
+
+    if not isinstance(data, dict):
+        return []
+    issues: list[ConfigIssue] = []
+    for path, p, parent in plugin_entities(data):
+        name = p.get("name")
+        if not isinstance(name, str):
+            continue
+        try:
+            cls = registry.get(name)
+        except registry.PluginLoadError as exc:
+            issues.append(ConfigIssue(path + ("name",), str(exc), filename, _line(path + ("name",), lines)))
+            continue
+        if cls is None:
+            known = ", ".join(registry.names())
+            issues.append(ConfigIssue(path + ("name",), f"unknown plugin '{name}' (available: {known})", filename,
+                                      _line(path + ("name",), lines)))
+            continue
+        if parent and p.get(parent) is not None:
+            issues.append(ConfigIssue(path + (parent,), f"a plugin nested under a {parent} must not set '{parent}'",
+                                      filename, _line(path + (parent,), lines)))
+        config = p.get("config")
+        if config is None:
+            config = {}
+        if not isinstance(config, dict):
+            continue  # the entity model reports it
+        try:
+            cls.Config.model_validate(config)
+        except ValidationError as e:
+            for err in e.errors(include_url=False):
+                loc = path + ("config",) + _clean_loc(tuple(err["loc"]))
+                issues.append(ConfigIssue(loc, _message(err, loc), filename, _line(loc, lines)))
+    return issues
+
+
+_CREDENTIALS = ("keyauth_credentials", "basicauth_credentials", "jwt_secrets", "acls")
+
+
+def _consumer_issues(data: dict[str, Any], service_names: dict, service_ids: dict, route_names: dict,
+                     route_ids: dict) -> list[tuple[tuple, str]]:
+    """Consumers unique by username and custom_id; references to consumers, consumer groups, services and routes
+    resolve; a key, a basic-auth username and a JWT key belong to one credential only; one plugin of a name per
+    scope."""
+    issues: list[tuple[tuple, str]] = []
+    consumers = _items(data.get("consumers"))
+    seen: dict[str, tuple] = {}
+    keys: dict[str, tuple] = {}
+    for i, c in consumers:
+        for field in ("username", "custom_id", "id"):
+            v = c.get(field)
+            if isinstance(v, str):
+                if v in seen:
+                    issues.append((("consumers", i, field), f"duplicate consumer {field} '{v}'"))
+                else:
+                    seen[v] = ("consumers", i, field)
+    groups = {g.get("name") for _, g in _items(data.get("consumer_groups"))} | {
+        g.get("id") for _, g in _items(data.get("consumer_groups"))}
+    for i, c in consumers:
+        for j, g in enumerate(c.get("groups") or [] if isinstance(c.get("groups"), list) else []):
+            key = _ref_key(g)
+            if key is not None and key not in groups:
+                issues.append((("consumers", i, "groups", j), f"no consumer group with name or id '{key}'"))
+    creds: list[tuple[tuple, str, dict]] = []
+    for kind in _CREDENTIALS:
+        for i, c in consumers:
+            creds += [(("consumers", i, kind, j), kind, x) for j, x in _items(c.get(kind))]
+        for i, x in _items(data.get(kind)):
+            creds.append(((kind, i), kind, x))
+            key = _ref_key(x.get("consumer"))
+            if key is not None and key not in seen:
+                issues.append(((kind, i, "consumer"), f"no consumer with id, username or custom_id '{key}'"))
+    unique_field = {"keyauth_credentials": ("key", "key_hash"), "basicauth_credentials": ("username",),
+                    "jwt_secrets": ("key",)}
+    for path, kind, x in creds:
+        for field in unique_field.get(kind, ()):
+            v = x.get(field)
+            if isinstance(v, str):
+                k = f"{kind}:{v}"
+                if k in keys:
+                    what = "key" if field in ("key", "key_hash") else field
+                    issues.append((path + (field,), f"duplicate {kind[:-1].replace('_', ' ')} {what} (already at "
+                                                   f"{format_path(keys[k])})"))
+                else:
+                    keys[k] = path
+    scopes: dict[tuple, tuple] = {}
+    for path, p, parent in plugin_entities(data):
+        name = p.get("name")
+        if not isinstance(name, str):
+            continue
+        refs = {k: _ref_key(p.get(k)) for k in ("service", "route", "consumer")}
+        if parent:
+            refs[parent] = format_path(path[:-2])  # the parent entity itself
+        for kind, known in (("service", (service_names, service_ids)), ("route", (route_names, route_ids)),
+                            ("consumer", (seen,))):
+            key = refs[kind]
+            if not parent or parent != kind:
+                if key is not None and not any(key in k for k in known):
+                    issues.append((path + (kind,), f"no {kind} with name or id '{key}'"))
+        scope = (name, p.get("instance_name"), refs["service"], refs["route"], refs["consumer"])
+        if scope in scopes and p.get("enabled", True) is not False:
+            issues.append((path + ("name",), f"plugin '{name}' is configured twice for the same scope (already at "
+                                             f"{format_path(scopes[scope])})"))
+        else:
+            scopes[scope] = path
     return issues
 
 
@@ -526,6 +652,10 @@ def _resilience_issues(services: list, routes: list, names: dict, ids: dict) -> 
         key = _ref_key(m.get("service")) if isinstance(m, dict) else None
         if key is not None and key not in names and key not in ids:
             issues.append((path + ("mirror", "service"), f"no service with name or id '{key}'"))
+        for j, sp in _items(r.get("splits")):
+            key = _ref_key(sp.get("service"))
+            if key is not None and key not in names and key not in ids:
+                issues.append((path + ("splits", j, "service"), f"no service with name or id '{key}'"))
     return issues
 
 

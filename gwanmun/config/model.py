@@ -87,21 +87,19 @@ UNSUPPORTED_FIELDS: dict[str, dict[str, tuple[Any, ...]]] = {
     "root": {
         name: ()
         for name in (
-            "_workspace", "_info", "_konnect", "_plugin_configs", "workspaces", "consumers", "consumer_groups",
-            "plugins", "vaults", "keys", "key_sets", "filter_chains",
-            "parameters", "partials", "licenses", "acls", "keyauth_credentials", "basicauth_credentials",
-            "hmacauth_credentials", "jwt_secrets", "oauth2_credentials", "mtls_auth_credentials",
+            "_workspace", "_info", "_konnect", "_plugin_configs", "workspaces",
+            "vaults", "keys", "key_sets", "filter_chains",
+            "parameters", "partials", "licenses",
+            "hmacauth_credentials", "oauth2_credentials", "mtls_auth_credentials",
         )
     },
     "service": {
-        "plugins": (),
         "filter_chains": (),
     },
     "route": {
         "snis": (),
         "sources": (),
         "destinations": (),
-        "plugins": (),
         "filter_chains": (),
         "expression": (),
         "priority": (),
@@ -795,6 +793,30 @@ class MirrorConfig(_Model):
         return _reference("service")(v)
 
 
+class SplitConfig(_Model):
+    """gwanmun: one rule of a route's ``splits`` (routing by identity, see gwanmun/routing/identity.py)."""
+
+    service: Str  # a service name or id
+    consumers: list[Annotated[str, Strict(), Field(min_length=1)]] = Field(default_factory=list)
+    consumer_groups: list[Annotated[str, Strict(), Field(min_length=1)]] = Field(default_factory=list)
+    claims: dict[Annotated[str, Strict(), Field(min_length=1)], list[str | int | bool]] = Field(default_factory=dict)
+    percent: Annotated[float, Strict(), AllowInfNan(False), _between(0, 100)] | None = None
+
+    @field_validator("service", mode="before")
+    @classmethod
+    def _service_ref(cls, v: Any) -> Any:
+        return _reference("service")(v)
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> SplitConfig:
+        if not (self.consumers or self.consumer_groups or self.claims or self.percent):
+            raise _err("split", "a split needs at least one of 'consumers', 'consumer_groups', 'claims', 'percent'")
+        for name, values in self.claims.items():
+            if not values:
+                raise _err("split", "claim '{name}' lists no value", name=name)
+        return self
+
+
 class RouteConfig(_Entity):
     """A Kong route. Matching fields: ``methods``, ``hosts``, ``paths``, ``headers`` (at least one is required).
 
@@ -828,11 +850,13 @@ class RouteConfig(_Entity):
     request_timeout: DeadlineMs | None = None
     fault: FaultConfig | None = None  # gwanmun: fault injection for chaos tests (delay and/or abort)
     mirror: MirrorConfig | None = None  # gwanmun: traffic mirroring (shadow requests, responses discarded)
+    splits: list[SplitConfig] = Field(default_factory=list)  # gwanmun: routing by identity (first match wins)
+    plugins: list[PluginEntityConfig] = Field(default_factory=list)
     request_buffering: Bool = True
     response_buffering: Bool = True
     service: Str | None = None
 
-    @field_validator("tags", "protocols", "methods", "hosts", "paths", mode="before")
+    @field_validator("tags", "protocols", "methods", "hosts", "paths", "plugins", "splits", mode="before")
     @classmethod
     def _nullable_list(cls, v: Any) -> Any:
         return [] if v is None else v
@@ -979,6 +1003,7 @@ class ServiceConfig(_Entity):
     retry: RetryConfig | None = None
     bulkhead: BulkheadConfig | None = None
     fallback: FallbackConfig | None = None
+    plugins: list[PluginEntityConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
 
     @classmethod
@@ -1036,7 +1061,7 @@ class ServiceConfig(_Entity):
             _parse_service_url(v)
         return v
 
-    @field_validator("tags", "routes", mode="before")
+    @field_validator("tags", "routes", "plugins", mode="before")
     @classmethod
     def _nullable_list(cls, v: Any) -> Any:
         return [] if v is None else v
@@ -1562,10 +1587,37 @@ def _check_watch_interval(v: float) -> float:
 NonNegativeSeconds = Annotated[float, Strict(), AllowInfNan(False), _at_least(0)]
 
 
+class PassportKeyConfig(_Model):
+    kid: Annotated[str, Strict(), Field(min_length=1, max_length=128)]
+    algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
+    private_key: Annotated[str, Strict()] = Field(repr=False)  # PEM (PKCS#8); use ${ENV} interpolation
+
+
+class PassportSettings(_Model):
+    """``gateway.passport``: the gateway's signing keys for passports (docs/passport.md). The first key signs; the
+    others are only published, for rotation. The JWKS is served on the proxy listeners at ``jwks_path``."""
+
+    issuer: Annotated[str, Strict(), Field(min_length=1)] = "gwanmun"
+    keys: list[PassportKeyConfig] = Field(min_length=1)
+    jwks_path: Annotated[str, Strict(), Field(pattern=r"^/[!-~]*$")] | None = "/.well-known/gwanmun/jwks.json"
+
+    @model_validator(mode="after")
+    def _keys_load(self) -> PassportSettings:
+        from ..passport import PassportError, PassportSigner
+
+        try:
+            PassportSigner([k.model_dump() for k in self.keys], issuer=self.issuer)
+        except (ValueError, PassportError) as e:
+            raise _err("passport_key", "{reason}", reason=str(e)) from None
+        return self
+
+
 class GatewayConfig(_Entity):
     """gwanmun's server settings (``gateway:``). Names follow kong.conf where an equivalent exists."""
 
     _kind: ClassVar[str] = "gateway"
+
+    passport: PassportSettings | None = None  # passport signing keys (docs/passport.md)
 
     listen: list[Annotated[str, Strict(), AfterValidator(_check_listen)]] = Field(
         default_factory=lambda: ["0.0.0.0:8000"], min_length=1
@@ -1704,6 +1756,201 @@ def _check_format_version(v: str) -> str:
     raise _err("format_version", "invalid format version '{value}': expected '3.0'", value=v)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Plugins, consumers and their credentials
+# --------------------------------------------------------------------------------------------------------------
+
+_PLUGIN_NAME = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
+
+
+def _check_plugin_name(v: str) -> str:
+    if not _PLUGIN_NAME.match(v):
+        raise _err("plugin_name", "invalid plugin name '{value}': lower-case letters, digits and '-'", value=v)
+    return v
+
+
+class PluginEntityConfig(_Entity):
+    """A Kong plugin entity: ``name``, its ``config`` (checked against the plugin's own schema in
+    ``gwanmun.config.load``, with errors under ``...config.<field>``), and at most one each of ``service``, ``route``
+    and ``consumer`` on top-level plugins (nested ones take their parent's)."""
+
+    _kind: ClassVar[str] = "plugin"
+
+    id: Id | None = None
+    name: Annotated[str, Strict(), AfterValidator(_check_plugin_name)]
+    instance_name: Name | None = None
+    enabled: Bool = True
+    config: dict[str, Any] = Field(default_factory=dict)
+    protocols: list[Annotated[str, Strict()]] = Field(default_factory=lambda: ["grpc", "grpcs", "http", "https"])
+    tags: list[Tag] = Field(default_factory=list)
+    service: Str | None = None
+    route: Str | None = None
+    consumer: Str | None = None
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _nullable_config(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    @field_validator("tags", "protocols", mode="before")
+    @classmethod
+    def _nullable_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @field_validator("service", "route", "consumer", mode="before")
+    @classmethod
+    def _refs(cls, v: Any, info) -> Any:
+        return _reference(info.field_name)(v)
+
+
+class KeyauthCredentialConfig(_Entity):
+    """A key for ``key-auth``: the key itself (``key``), or only its hash (``key_hash``, ``sha256$<hex>`` as
+    ``gwanmun hash-key`` prints it), so the config need not hold the key."""
+
+    _kind: ClassVar[str] = "keyauth_credential"
+
+    id: Id | None = None
+    key: Annotated[str, Strict(), Field(min_length=1)] | None = None
+    key_hash: Annotated[str, Strict(), Field(pattern=r"^(sha256|hmac-sha256)\$[0-9a-f]{64}$")] | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    consumer: Str | None = None
+
+    @field_validator("consumer", mode="before")
+    @classmethod
+    def _consumer_ref(cls, v: Any) -> Any:
+        return _reference("consumer")(v)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> KeyauthCredentialConfig:
+        if (self.key is None) == (self.key_hash is None):
+            raise _err("key", "set exactly one of 'key' and 'key_hash'")
+        return self
+
+
+def _check_password_hash(v: str) -> str:
+    if not v.startswith(("$2a$", "$2b$", "$2y$", "$argon2id$", "$argon2i$", "$argon2d$")):
+        raise _err("password", "must be a bcrypt or argon2 hash, never the password itself (make one with "
+                               "'gwanmun hash-password')")
+    return v
+
+
+class BasicauthCredentialConfig(_Entity):
+    _kind: ClassVar[str] = "basicauth_credential"
+
+    id: Id | None = None
+    username: Annotated[str, Strict(), Field(min_length=1)]
+    password: Annotated[str, Strict(), AfterValidator(_check_password_hash)] = Field(repr=False)
+    tags: list[Tag] = Field(default_factory=list)
+    consumer: Str | None = None
+
+    @field_validator("consumer", mode="before")
+    @classmethod
+    def _consumer_ref(cls, v: Any) -> Any:
+        return _reference("consumer")(v)
+
+
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                  "ES512", "EdDSA")
+
+
+class JwtSecretConfig(_Entity):
+    """A ``jwt`` credential (Kong's fields): tokens whose ``key_claim_name`` claim equals ``key`` are checked with
+    ``secret`` (HS*) or ``rsa_public_key`` (a PEM public key, for every asymmetric algorithm, as Kong names it)."""
+
+    _kind: ClassVar[str] = "jwt_secret"
+
+    id: Id | None = None
+    key: Annotated[str, Strict(), Field(min_length=1)]
+    algorithm: Literal[JWT_ALGORITHMS] = "HS256"  # type: ignore[valid-type]
+    secret: Annotated[str, Strict(), Field(min_length=1)] | None = Field(default=None, repr=False)
+    rsa_public_key: Str | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    consumer: Str | None = None
+
+    @field_validator("consumer", mode="before")
+    @classmethod
+    def _consumer_ref(cls, v: Any) -> Any:
+        return _reference("consumer")(v)
+
+    @model_validator(mode="after")
+    def _key_material(self) -> JwtSecretConfig:
+        if self.algorithm.startswith("HS"):
+            if self.secret is None:
+                raise _err("secret", "'secret' is required for algorithm {alg}", alg=self.algorithm)
+        elif self.rsa_public_key is None:
+            raise _err("rsa_public_key", "'rsa_public_key' (a PEM public key) is required for algorithm {alg}",
+                       alg=self.algorithm)
+        return self
+
+
+class AclConfig(_Entity):
+    _kind: ClassVar[str] = "acl"
+
+    id: Id | None = None
+    group: Annotated[str, Strict(), Field(min_length=1)]
+    tags: list[Tag] = Field(default_factory=list)
+    consumer: Str | None = None
+
+    @field_validator("consumer", mode="before")
+    @classmethod
+    def _consumer_ref(cls, v: Any) -> Any:
+        return _reference("consumer")(v)
+
+
+class ConsumerGroupConfig(_Entity):
+    _kind: ClassVar[str] = "consumer_group"
+
+    id: Id | None = None
+    name: Name
+    tags: list[Tag] = Field(default_factory=list)
+
+
+class ConsumerConfig(_Entity):
+    """A Kong consumer, with its credentials nested (or top-level with ``consumer: <ref>``) and its consumer groups
+    (``groups: [name, ...]`` or decK's ``[{name: ...}]``). At least one of ``username`` and ``custom_id``."""
+
+    _kind: ClassVar[str] = "consumer"
+
+    id: Id | None = None
+    username: Annotated[str, Strict(), Field(min_length=1)] | None = None
+    custom_id: Annotated[str, Strict(), Field(min_length=1)] | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    groups: list[Str] = Field(default_factory=list)
+    keyauth_credentials: list[KeyauthCredentialConfig] = Field(default_factory=list)
+    basicauth_credentials: list[BasicauthCredentialConfig] = Field(default_factory=list)
+    jwt_secrets: list[JwtSecretConfig] = Field(default_factory=list)
+    acls: list[AclConfig] = Field(default_factory=list)
+    plugins: list[PluginEntityConfig] = Field(default_factory=list)
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data = dict(data)
+        for key in ("keyauth_credentials", "basicauth_credentials", "jwt_secrets", "acls", "plugins"):
+            if key in data:
+                data[key] = _mark_refs(data[key], "consumer", must_have=False,
+                                       message=f"an entity nested under a consumer must not set 'consumer'")
+        if isinstance(data.get("groups"), list):
+            data["groups"] = [_reference("consumer group")(g) if isinstance(g, dict) else g for g in data["groups"]]
+        return data
+
+    @field_validator("tags", "groups", "keyauth_credentials", "basicauth_credentials", "jwt_secrets", "acls",
+                     "plugins", mode="before")
+    @classmethod
+    def _nullable_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @model_validator(mode="after")
+    def _has_name(self) -> ConsumerConfig:
+        if self.username is None and self.custom_id is None:
+            raise _err("consumer_name", "a consumer needs at least one of 'username' and 'custom_id'")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.username or self.custom_id or self.id or "?"
+
+
+
 class DeclarativeConfig(_Entity):
     """A whole declarative config file (Kong 3.x format plus ``gateway:``)."""
 
@@ -1718,6 +1965,13 @@ class DeclarativeConfig(_Entity):
     certificates: list[CertificateConfig] = Field(default_factory=list)
     snis: list[SniConfig] = Field(default_factory=list)
     ca_certificates: list[CACertificateConfig] = Field(default_factory=list)
+    consumers: list[ConsumerConfig] = Field(default_factory=list)
+    consumer_groups: list[ConsumerGroupConfig] = Field(default_factory=list)
+    plugins: list[PluginEntityConfig] = Field(default_factory=list)
+    keyauth_credentials: list[KeyauthCredentialConfig] = Field(default_factory=list)
+    basicauth_credentials: list[BasicauthCredentialConfig] = Field(default_factory=list)
+    jwt_secrets: list[JwtSecretConfig] = Field(default_factory=list)
+    acls: list[AclConfig] = Field(default_factory=list)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
 
     @classmethod
@@ -1728,9 +1982,16 @@ class DeclarativeConfig(_Entity):
             data["_format_version"] = repr(fv)
         if data.get("gateway", 0) is None:
             del data["gateway"]
-        for key in ("services", "routes", "upstreams", "targets", "certificates", "snis", "ca_certificates"):
+        for key in ("services", "routes", "upstreams", "targets", "certificates", "snis", "ca_certificates",
+                    "consumers", "consumer_groups", "plugins", "keyauth_credentials", "basicauth_credentials",
+                    "jwt_secrets", "acls"):
             if key in data and data[key] is None:
                 data[key] = []
+        for key in ("keyauth_credentials", "basicauth_credentials", "jwt_secrets", "acls"):
+            if key in data:
+                data[key] = _mark_refs(data[key], "consumer", must_have=True,
+                                       message="field 'consumer' is required for a top-level credential (or nest it "
+                                               "under its consumer)")
         if "routes" in data:
             data["routes"] = _mark_refs(
                 data["routes"], "service", must_have=True,

@@ -79,6 +79,7 @@ F_EXPECT: Final = 13
 F_FORWARDED: Final = 14
 F_REQUEST_ID: Final = 15
 F_UPGRADE: Final = 16
+F_IDENTITY: Final = 17  # identity the gateway asserts to upstreams (X-Consumer-*, X-Passport): never from a client
 
 _REQUEST_SPECIAL: dict[bytes, int] = {
     b"host": F_HOST,
@@ -100,6 +101,16 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"forwarded": F_FORWARDED,  # RFC 7239; kept only from trusted proxies
     b"via": F_VIA,
     b"expect": F_EXPECT,
+    # Kong's consumer headers and our passport: set by auth plugins only, so a client's copies are always dropped
+    b"x-consumer-id": F_IDENTITY,
+    b"x-consumer-custom-id": F_IDENTITY,
+    b"x-consumer-username": F_IDENTITY,
+    b"x-credential-identifier": F_IDENTITY,
+    b"x-consumer-groups": F_IDENTITY,
+    b"x-anonymous-consumer": F_IDENTITY,
+    b"x-anonymous-groups": F_IDENTITY,
+    b"x-authenticated-groups": F_IDENTITY,
+    b"x-passport": F_IDENTITY,
 }
 _RESPONSE_SPECIAL: dict[bytes, int] = {name: F_DROP for name in HOP_BY_HOP}
 _RESPONSE_SPECIAL.update(

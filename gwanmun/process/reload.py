@@ -29,6 +29,7 @@ RESTART_FIELDS = {
 # gateway fields a reload applies, and how
 LIVE_FIELDS = {
     "trusted_ips": "new connections",
+    "passport": "new requests (signing keys, issuer and the JWKS served)",
     "request_id_header": "new requests",
     "via_header": "new requests",
     "max_request_line": "new connections",

@@ -27,7 +27,7 @@ import uvloop
 
 from ..config.compile import compile_runtime
 from ..runtime import Runtime
-from ..server import Worker, event
+from ..server import Worker, close_plugins, event
 from ..upstream.health import status_path
 from . import channel
 
@@ -175,6 +175,9 @@ class _Retirer:
             still = [rt for rt in self.retiring if self.worker.in_use(rt)]
             if len(still) == len(self.retiring):
                 continue
+            for rt in self.retiring:
+                if rt not in still:
+                    await close_plugins(rt)
             self.retiring = still
             gc.unfreeze()
             gc.collect()

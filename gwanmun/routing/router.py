@@ -131,6 +131,8 @@ class RouteEntry:
     index: int = 0
     fault: object = field(default=None, compare=False)  # resilience.fault.FaultSpec, or None
     mirror: object = field(default=None, compare=False)  # upstream.mirror.MirrorSpec, or None
+    plugins: object = field(default=None, compare=False)  # plugins.chain.Chain, or None: no plugin applies
+    splits: object = field(default=None, compare=False)  # routing.identity.Splits, or None
     # the route as the access log shows it, JSON-encoded once here rather than per request
     log_name: bytes = field(default=b"", compare=False)
 

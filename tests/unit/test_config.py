@@ -333,6 +333,7 @@ def test_every_field_round_trips() -> None:
         },
         "bulkhead": {"max_concurrent_requests": 7, "max_queue": 3, "queue_timeout": 100},
         "fallback": {"on": ["circuit_open"], "response": None, "service": "backup"},
+        "plugins": [],
     }
     assert svc.routes[0].mirror.model_dump() == {"service": "backup", "percentage": 12.5, "body_limit": 100}
     r1 = svc.routes[0]
@@ -436,9 +437,10 @@ ERRORS = [
           tls_verify: true
      """, ("services", 0, "tls_verify"), 5, "'tls_verify' is only allowed when 'protocol' is 'https'"),
     ("unsupported kong top-level key", """
-        consumers:
-        - username: alice
-     """, ("consumers",), 2, "field 'consumers' is not supported by gwanmun yet"),
+        vaults:
+        - name: env
+          prefix: my-env
+     """, ("vaults",), 2, "field 'vaults' is not supported by gwanmun yet"),
     ("unsupported kong upstream field", """
         upstreams:
         - name: u
