@@ -187,6 +187,7 @@ class Exchange:
     resp_obj: Any = None  # plugins.base.Response of the head held while its body is buffered
     resp_head = b""  # that head
     in_reply = False
+    spoofed = False  # the client sent a field only the gateway may set (X-Consumer-ID, X-Passport, ...)
     up_override: Any = None  # a plugin's upstream path (bytes), replacing the routed one
     up_host = b""  # a plugin's upstream Host
     max_body = -1  # a plugin's limit on the streamed request body (request-size-limiting); -1: none
@@ -271,6 +272,8 @@ class Exchange:
                 via = value if not via else via + b", " + value
             elif action == F_UPGRADE:
                 upgrade = value
+            elif action == F_IDENTITY:
+                self.spoofed = True  # dropped; noted so that plugins do not see it either
             elif trusted:
                 if action == F_REQUEST_ID:
                     if value:
@@ -521,9 +524,10 @@ class Exchange:
     # plugins (gwanmun/plugins): access phase, request and response bodies, replies, log
     # ------------------------------------------------------------------------------------------------------------
     def _access_begin(self, chain: Any) -> None:
-        table: dict[bytes, int] = self.rt.settings.request_fields
-        # what plugins read of the request: the client's fields, less the identity fields only the gateway may set
-        fields = [(n, v) for n, v in self.headers if table.get(n.lower(), F_FORWARD) != F_IDENTITY]
+        fields = self.headers
+        if self.spoofed:  # what plugins read: the client's fields, less the identity fields only the gateway sets
+            table: dict[bytes, int] = self.rt.settings.request_fields
+            fields = [(n, v) for n, v in fields if table.get(n.lower(), F_FORWARD) != F_IDENTITY]
         self.chain = chain
         self.ctx = Ctx(self, self.method, self.path, self.query, Headers(fields), self.client_ip, self.route,
                        self.service, self.request_id, self.down.worker.loop.time())
@@ -588,8 +592,11 @@ class Exchange:
         headers = ctx.headers
         fwd = self.fwd
         if headers.changed:
-            fwd = _forwardable(headers.fields, self.rt.settings.request_fields, self.down.trusted, self.conn_named,
-                               self.req_buf is not None)
+            if headers.edited:  # a received field was removed: forward what is left
+                fwd = _forwardable(headers.fields, self.rt.settings.request_fields, self.down.trusted,
+                                   self.conn_named, self.req_buf is not None)
+            if headers.identity:
+                fwd.append(headers.identity)
             for name, value in headers.added:
                 fwd += (name, b": ", value, b"\r\n")
         if ctx.query is not self.query:
@@ -801,19 +808,16 @@ class Exchange:
     def _admit(self, svc: Service) -> None:
         """A service with resilience settings: take its retry policy, then a bulkhead slot (maybe after a wait)."""
         res = svc.resilience
-        guards = self.down.worker.resilience
-        name: str = svc.name or ""
-        if res.retry is not None:
-            policy = guards.retries.get(name)
-            if policy is not None:
-                self.policy = policy
-                policy.request_started(self.down.worker.loop.time())
-                limit = policy.settings.body_buffer_limit + 65536  # the body, and room for the head
-                if limit > self.replay_limit:
-                    self.replay_limit = limit
+        policy = res.live_policy
+        if policy is not None:
+            self.policy = policy
+            policy.request_started(self.down.worker.loop.time())
+            limit = policy.settings.body_buffer_limit + 65536  # the body, and room for the head
+            if limit > self.replay_limit:
+                self.replay_limit = limit
         if res.breaker is not None and res.breaker.per_target:
             self.tbreakers = True
-        bulkhead = guards.bulkheads.get(name) if res.bulkhead is not None else None
+        bulkhead = res.live_bulkhead
         if bulkhead is None:
             return self._forward(svc)
         self.bulkhead = bulkhead
@@ -840,9 +844,7 @@ class Exchange:
 
     def _breaker_permit(self, svc: Service, now: float) -> bool:
         """Ask the service's circuit breaker for this try; when it refuses, answer (fallback or 503)."""
-        if svc.resilience.breaker is None:
-            return True
-        breaker = self.down.worker.resilience.breakers.get(svc.name or "", "")
+        breaker = svc.resilience.live_breaker
         if breaker is None:
             return True
         permit = breaker.acquire(now)

@@ -70,17 +70,21 @@ class Headers:
     upstream. Over a response (``resp.headers``): what the client gets. Names and values are str (latin-1, as on
     the wire).
 
-    Plugins set a handful of fields per request (the consumer headers, a passport), often replacing what an earlier
-    plugin set, so added fields are kept by lower-cased name: replacing or removing one is a dict operation, and
-    looking up or removing a name that is not there costs one look-up (the received names are indexed on first use).
+    Speed: plugins set a handful of fields per request, often replacing what an earlier plugin set, so added fields
+    are kept by lower-cased name (replacing or removing one is a dict operation), and looking up or removing a name
+    that is not there costs one look-up (the received names are indexed on first use). The identity an
+    authentication plugin establishes (``X-Consumer-*``, ``X-Credential-Identifier``, ``X-Anonymous-Consumer``) is
+    one precomputed block of lines, ``identity`` (see ``plugins.identity``), read and removed like any field.
     """
 
-    __slots__ = ("fields", "_added", "changed", "_names")
+    __slots__ = ("fields", "_added", "changed", "edited", "identity", "_names")
 
     def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
         self.fields = fields  # the received fields, in wire form; remove() edits this list in place
         self._added: dict[bytes, list[tuple[bytes, bytes]]] = {}  # lower-cased name -> fields plugins added
-        self.changed = False
+        self.identity = b""  # finished "Name: value\r\n" lines of the identity headers
+        self.changed = False  # anything changed
+        self.edited = False  # a received field was removed
         self._names: set[bytes] | None = None  # lower-cased names of ``fields``
 
     @property
@@ -99,7 +103,12 @@ class Headers:
         group = self._added.get(key)
         if group:
             return group[-1][1].decode("latin-1")
-        if key in self._index():
+        if self.identity and key in IDENTITY_KEYS:
+            for n, v in _lines(self.identity):
+                if n.lower() == key:
+                    return v.decode("latin-1")
+        names = self._names
+        if names is None or key in names:  # no index yet: one scan costs less than building it
             for n, v in self.fields:
                 if n.lower() == key:
                     return v.decode("latin-1")
@@ -107,26 +116,36 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         key = _KEYS.get(name) or _key(name)
-        out = []
-        if key in self._index():
-            out = [v.decode("latin-1") for n, v in self.fields if n.lower() == key]
-        return out + [v.decode("latin-1") for _, v in self._added.get(key, ())]
+        return [v.decode("latin-1") for n, v in self.wire() if n.lower() == key]
 
     def __contains__(self, name: str) -> bool:
-        key = _KEYS.get(name) or _key(name)
-        return key in self._added or key in self._index()
+        return self.get(name) is not None
+
+    def wire(self) -> list[tuple[bytes, bytes]]:
+        """Every field, in the order the upstream gets them: received, identity, added."""
+        out = list(self.fields)
+        if self.identity:
+            out += _lines(self.identity)
+        return out + self.added
 
     def items(self) -> list[tuple[str, str]]:
-        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in (*self.fields, *self.added)]
+        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.wire()]
 
     def remove(self, name: str) -> bool:
         """Remove every field of this name; True if there was one."""
         key = _KEYS.get(name) or _key(name)
         found = self._added.pop(key, None) is not None
+        if self.identity and key in IDENTITY_KEYS:
+            kept = [b"%b: %b\r\n" % (n, v) for n, v in _lines(self.identity) if n.lower() != key]
+            joined = b"".join(kept)
+            if joined != self.identity:
+                self.identity = joined
+                found = True
         names = self._index()
         if key in names:
             names.discard(key)
             self.fields[:] = [(n, v) for n, v in self.fields if n.lower() != key]
+            self.edited = True
             found = True
         if found:
             self.changed = True
@@ -147,6 +166,28 @@ class Headers:
         else:
             group.append((wire, value.encode("latin-1")))
         self.changed = True
+
+    def set_identity(self, lines: bytes) -> None:
+        """Replace the identity block (and any identity field a plugin set one by one)."""
+        added = self._added
+        if added:
+            for key in IDENTITY_KEYS:
+                added.pop(key, None)
+        self.identity = lines
+        self.changed = True
+
+
+IDENTITY_KEYS = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-consumer-username", b"x-credential-identifier",
+                           b"x-consumer-groups", b"x-anonymous-consumer"})
+
+
+def _lines(block: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    for line in block.split(b"\r\n"):
+        if line:
+            n, _, v = line.partition(b": ")
+            out.append((n, v))
+    return out
 
 
 _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # an RFC 9110 token
@@ -174,6 +215,7 @@ class Consumer:
     groups: tuple[str, ...] = ()  # consumer group names
     acl_groups: tuple[str, ...] = ()  # the acls entities' groups
     tags: tuple[str, ...] = ()
+    lines: bytes = b""  # its identity header lines, made on first use (plugins.identity)
 
 
 @dataclass(eq=False, slots=True)
@@ -183,6 +225,7 @@ class Credential:
     id: str
     identifier: str  # the key's id, the basic-auth username, the JWT key claim
     kind: str  # "key-auth", "basic-auth", "jwt"
+    line: bytes = b""  # its X-Credential-Identifier line, made on first use (plugins.identity)
 
 
 class Ctx:

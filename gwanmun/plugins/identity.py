@@ -16,7 +16,7 @@ The proxy strips client-sent copies of these headers before the plugins run, so 
 from __future__ import annotations
 
 import re
-from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Headers
+from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, _lines, Headers
 
 CONSUMER_ID = "X-Consumer-ID"
 CONSUMER_CUSTOM_ID = "X-Consumer-Custom-ID"
@@ -34,24 +34,27 @@ def wire_value(value: str) -> str:
     return value if value.isascii() else value.encode("utf-8").decode("latin-1")
 
 
-def _apply(headers: Headers, values: list[tuple[str, str | None]]) -> None:
-    """Set each (name, value), removing the name when the value is None or empty (removing a name that is not
-    there, the usual case since the proxy strips client copies, costs one look-up)."""
-    for name, value in values:
-        if value:
-            value = wire_value(value)
-            if headers.get(name) == value and len(headers.get_all(name)) == 1:
-                continue  # an earlier authentication plugin set the same (key-auth, then jwt, for one consumer)
-            headers.set(name, value)
-        else:
-            headers.remove(name)
+def _field(name: str, value: str | None) -> bytes:
+    return b"%b: %b\r\n" % (name.encode("latin-1"), wire_value(value).encode("latin-1")) if value else b""
 
 
-def _identity(consumer: Consumer | None) -> list[tuple[str, str | None]]:
-    if consumer is None:
-        return [(CONSUMER_ID, None), (CONSUMER_CUSTOM_ID, None), (CONSUMER_USERNAME, None)]
-    return [(CONSUMER_ID, consumer.id), (CONSUMER_CUSTOM_ID, consumer.custom_id),
-            (CONSUMER_USERNAME, consumer.username)]
+def consumer_lines(consumer: Consumer) -> bytes:
+    """The consumer's identity lines, made once per consumer (and config version)."""
+    lines = consumer.lines
+    if not lines:
+        lines = consumer.lines = b"".join((
+            _field(CONSUMER_ID, consumer.id), _field(CONSUMER_CUSTOM_ID, consumer.custom_id),
+            _field(CONSUMER_USERNAME, consumer.username),
+            _field(CONSUMER_GROUPS, ", ".join(consumer.groups) if consumer.groups else None),
+        ))
+    return lines
+
+
+def credential_line(credential: Credential) -> bytes:
+    line = credential.line
+    if not line:
+        line = credential.line = _field(CREDENTIAL_IDENTIFIER, credential.identifier)
+    return line
 
 
 def authenticated(ctx: Ctx, consumer: Consumer | None, credential: Credential) -> None:
@@ -59,22 +62,23 @@ def authenticated(ctx: Ctx, consumer: Consumer | None, credential: Credential) -
     ctx.consumer = consumer
     ctx.credential = credential
     ctx.authenticated = True
-    values = _identity(consumer)
-    values.append((CREDENTIAL_IDENTIFIER, credential.identifier))
-    values.append((CONSUMER_GROUPS, ", ".join(consumer.groups) if consumer is not None else None))
-    values.append((ANONYMOUS, None))
-    _apply(ctx.headers, values)
+    ident = credential_line(credential)
+    if consumer is not None:
+        ident = consumer_lines(consumer) + ident
+    ctx.headers.set_identity(ident)
 
 
 def anonymous(ctx: Ctx, consumer: Consumer) -> None:
     """Authentication failed; the request goes on as the plugin's ``anonymous`` consumer."""
     ctx.consumer = consumer
     ctx.credential = None
-    values = _identity(consumer)
-    values.append((CREDENTIAL_IDENTIFIER, None))
-    values.append((CONSUMER_GROUPS, None))
-    values.append((ANONYMOUS, "true"))
-    _apply(ctx.headers, values)
+    lines = consumer_lines(consumer)
+    # an anonymous consumer's groups are not asserted: drop the groups line
+    lines = b"".join(b"%b: %b\r\n" % (n, v) for n, v in _lines(lines) if n.lower() != b"x-consumer-groups")
+    ctx.headers.set_identity(lines + ANONYMOUS_LINE)
+
+
+ANONYMOUS_LINE = b"X-Anonymous-Consumer: true\r\n"
 
 
 def skip(ctx: Ctx, anonymous_consumer: Consumer | None, run_on_preflight: bool = True) -> bool:

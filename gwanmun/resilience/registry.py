@@ -23,9 +23,11 @@ from .retry import RetryPolicy, RetrySettings
 
 
 class ServiceResilience:
-    """One service's compiled resilience settings (any of them may be None)."""
+    """One service's compiled resilience settings (any of them may be None), and, once a worker has reconciled them
+    (``WorkerResilience.bind``), the live objects that carry them out in that worker: the request path reads these
+    attributes instead of looking the service up by name."""
 
-    __slots__ = ("breaker", "retry", "bulkhead", "fallback")
+    __slots__ = ("breaker", "retry", "bulkhead", "fallback", "live_breaker", "live_policy", "live_bulkhead")
 
     def __init__(self, breaker: BreakerSettings | None = None, retry: RetrySettings | None = None,
                  bulkhead: BulkheadSettings | None = None, fallback: Fallback | None = None) -> None:
@@ -33,6 +35,9 @@ class ServiceResilience:
         self.retry = retry
         self.bulkhead = bulkhead
         self.fallback = fallback
+        self.live_breaker: CircuitBreaker | None = None
+        self.live_policy: RetryPolicy | None = None
+        self.live_bulkhead: Bulkhead | None = None
 
 
 class WorkerResilience:
@@ -82,4 +87,13 @@ class WorkerResilience:
         self.retries = retries
         self.bulkheads = bulkheads
         self.fallbacks = fallbacks
-        return self.breakers.reconcile(breaker_settings)
+        changed = self.breakers.reconcile(breaker_settings)
+        for name, svc in services.items():
+            self.bind(name, svc)
+        return changed
+
+    def bind(self, name: str, svc: ServiceResilience) -> None:
+        """Point ``svc`` at this worker's live objects for service ``name``."""
+        svc.live_breaker = self.breakers.get(name, "") if svc.breaker is not None else None
+        svc.live_policy = self.retries.get(name)
+        svc.live_bulkhead = self.bulkheads.get(name)
