@@ -1803,15 +1803,10 @@ class PluginEntityConfig(_Entity):
         return _reference(info.field_name)(v)
 
 
-class KeyauthCredentialConfig(_Entity):
-    """A key for ``key-auth``: the key itself (``key``), or only its hash (``key_hash``, ``sha256$<hex>`` as
-    ``gwanmun hash-key`` prints it), so the config need not hold the key."""
-
-    _kind: ClassVar[str] = "keyauth_credential"
+class _Credential(_Entity):
+    """What every consumer credential has: an id, tags, and (top-level only) the ``consumer`` it belongs to."""
 
     id: Id | None = None
-    key: Annotated[str, Strict(), Field(min_length=1)] | None = None
-    key_hash: Annotated[str, Strict(), Field(pattern=r"^(sha256|hmac-sha256)\$[0-9a-f]{64}$")] | None = None
     tags: list[Tag] = Field(default_factory=list)
     consumer: Str | None = None
 
@@ -1819,6 +1814,16 @@ class KeyauthCredentialConfig(_Entity):
     @classmethod
     def _consumer_ref(cls, v: Any) -> Any:
         return _reference("consumer")(v)
+
+
+class KeyauthCredentialConfig(_Credential):
+    """A key for ``key-auth``: the key itself (``key``), or only its hash (``key_hash``, ``sha256$<hex>`` as
+    ``gwanmun hash-key`` prints it), so the config need not hold the key."""
+
+    _kind: ClassVar[str] = "keyauth_credential"
+
+    key: Annotated[str, Strict(), Field(min_length=1)] | None = None
+    key_hash: Annotated[str, Strict(), Field(pattern=r"^(sha256|hmac-sha256)\$[0-9a-f]{64}$")] | None = None
 
     @model_validator(mode="after")
     def _one_key(self) -> KeyauthCredentialConfig:
@@ -1834,43 +1839,27 @@ def _check_password_hash(v: str) -> str:
     return v
 
 
-class BasicauthCredentialConfig(_Entity):
+class BasicauthCredentialConfig(_Credential):
     _kind: ClassVar[str] = "basicauth_credential"
 
-    id: Id | None = None
     username: Annotated[str, Strict(), Field(min_length=1)]
     password: Annotated[str, Strict(), AfterValidator(_check_password_hash)] = Field(repr=False)
-    tags: list[Tag] = Field(default_factory=list)
-    consumer: Str | None = None
-
-    @field_validator("consumer", mode="before")
-    @classmethod
-    def _consumer_ref(cls, v: Any) -> Any:
-        return _reference("consumer")(v)
 
 
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
                   "ES512", "EdDSA")
 
 
-class JwtSecretConfig(_Entity):
+class JwtSecretConfig(_Credential):
     """A ``jwt`` credential (Kong's fields): tokens whose ``key_claim_name`` claim equals ``key`` are checked with
     ``secret`` (HS*) or ``rsa_public_key`` (a PEM public key, for every asymmetric algorithm, as Kong names it)."""
 
     _kind: ClassVar[str] = "jwt_secret"
 
-    id: Id | None = None
     key: Annotated[str, Strict(), Field(min_length=1)]
     algorithm: Literal[JWT_ALGORITHMS] = "HS256"  # type: ignore[valid-type]
     secret: Annotated[str, Strict(), Field(min_length=1)] | None = Field(default=None, repr=False)
     rsa_public_key: Str | None = None
-    tags: list[Tag] = Field(default_factory=list)
-    consumer: Str | None = None
-
-    @field_validator("consumer", mode="before")
-    @classmethod
-    def _consumer_ref(cls, v: Any) -> Any:
-        return _reference("consumer")(v)
 
     @model_validator(mode="after")
     def _key_material(self) -> JwtSecretConfig:
@@ -1883,18 +1872,10 @@ class JwtSecretConfig(_Entity):
         return self
 
 
-class AclConfig(_Entity):
+class AclConfig(_Credential):
     _kind: ClassVar[str] = "acl"
 
-    id: Id | None = None
     group: Annotated[str, Strict(), Field(min_length=1)]
-    tags: list[Tag] = Field(default_factory=list)
-    consumer: Str | None = None
-
-    @field_validator("consumer", mode="before")
-    @classmethod
-    def _consumer_ref(cls, v: Any) -> Any:
-        return _reference("consumer")(v)
 
 
 class ConsumerGroupConfig(_Entity):

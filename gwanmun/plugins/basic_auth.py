@@ -49,26 +49,14 @@ _BCRYPT = re.compile(r"\$2[aby]\$(\d\d)\$")
 _ARGON2 = re.compile(r"\$argon2(?:id|i|d)\$(?:v=\d+\$)?m=(\d+),t=(\d+),p=(\d+)\$")
 
 
-class BasicAuthConfig(PluginConfig):
-    anonymous: str | None = None
+class BasicAuthConfig(identity.AuthConfig):
     hide_credentials: bool = False
     realm: str = "service"
-
-    @field_validator("anonymous")
-    @classmethod
-    def _anonymous(cls, v: str | None) -> str | None:
-        return identity.check_anonymous(v)
 
     @field_validator("realm", mode="before")
     @classmethod
     def _null_realm(cls, v: object) -> object:
         return "service" if v is None else v
-
-    @field_validator("realm")
-    @classmethod
-    def _realm(cls, v: str) -> str:
-        identity.check_realm(v)
-        return v
 
 
 # The hashing pool: per process (a pool made before a fork has no threads in the child), created on first use.

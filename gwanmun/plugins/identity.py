@@ -16,7 +16,9 @@ The proxy strips client-sent copies of these headers before the plugins run, so 
 from __future__ import annotations
 
 import re
-from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, _lines, Headers
+from pydantic import field_validator
+
+from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, PluginConfig, _lines
 
 CONSUMER_ID = "X-Consumer-ID"
 CONSUMER_CUSTOM_ID = "X-Consumer-Custom-ID"
@@ -114,3 +116,20 @@ def check_anonymous(v: str | None) -> str | None:
     if not v.isprintable() or len(v) > 256:
         raise ValueError("anonymous must be a consumer id, username or custom_id")
     return v
+
+
+class AuthConfig(PluginConfig):
+    """What the config of Kong's authentication plugins shares: ``anonymous`` (checked here; resolved to a consumer
+    when the plugin is built) and ``realm`` (declared by each plugin, with its own default; checked here)."""
+
+    anonymous: str | None = None
+
+    @field_validator("anonymous")
+    @classmethod
+    def _anonymous(cls, v: str | None) -> str | None:
+        return check_anonymous(v)
+
+    @field_validator("realm", check_fields=False)
+    @classmethod
+    def _realm(cls, v: str | None) -> str | None:
+        return check_realm(v)

@@ -56,14 +56,13 @@ def _names(v: list[str], what: str) -> list[str]:
     return list(dict.fromkeys(v))
 
 
-class JwtConfig(PluginConfig):
+class JwtConfig(identity.AuthConfig):
     uri_param_names: list[Name] = ["jwt"]
     cookie_names: list[Name] = []
     header_names: list[Name] = ["authorization"]
     claims_to_verify: list[Literal["exp", "nbf"]] = []
     key_claim_name: Name = "iss"
     secret_is_base64: bool = False
-    anonymous: str | None = None
     run_on_preflight: bool = True
     maximum_expiration: Annotated[float, Field(ge=0, le=MAX_EXPIRATION)] = 0
     realm: str | None = None
@@ -108,16 +107,6 @@ class JwtConfig(PluginConfig):
         if v is not None and not valid_id(v):
             raise ValueError("must be a printable claim name")
         return v
-
-    @field_validator("anonymous")
-    @classmethod
-    def _anonymous(cls, v: str | None) -> str | None:
-        return identity.check_anonymous(v)
-
-    @field_validator("realm")
-    @classmethod
-    def _realm(cls, v: str | None) -> str | None:
-        return identity.check_realm(v)
 
     @field_validator("jwks_uri")
     @classmethod

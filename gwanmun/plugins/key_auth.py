@@ -35,13 +35,12 @@ INVALID = "Invalid authentication credentials"
 DUPLICATE = "Duplicate API key found"
 
 
-class KeyAuthConfig(PluginConfig):
+class KeyAuthConfig(identity.AuthConfig):
     key_names: Annotated[list[str], Field(min_length=1)] = ["apikey"]
     key_in_header: bool = True
     key_in_query: bool = True
     key_in_body: bool = False
     hide_credentials: bool = False
-    anonymous: str | None = None
     run_on_preflight: bool = True
     realm: str | None = None
 
@@ -64,16 +63,6 @@ class KeyAuthConfig(PluginConfig):
         if v:
             raise ValueError("key_in_body is not supported yet: send the key in a header or the query string")
         return v
-
-    @field_validator("anonymous")
-    @classmethod
-    def _anonymous(cls, v: str | None) -> str | None:
-        return identity.check_anonymous(v)
-
-    @field_validator("realm")
-    @classmethod
-    def _realm(cls, v: str | None) -> str | None:
-        return identity.check_realm(v)
 
 
 def _query_args(raw: bytes) -> list[tuple[str, str | None, bytes]]:
