@@ -116,7 +116,15 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         key = _KEYS.get(name) or _key(name)
-        return [v.decode("latin-1") for n, v in self.wire() if n.lower() == key]
+        names = self._names
+        out = [v.decode("latin-1") for n, v in self.fields if n.lower() == key] \
+            if names is None or key in names else []
+        if self.identity and key in IDENTITY_KEYS:
+            out += [v.decode("latin-1") for n, v in _lines(self.identity) if n.lower() == key]
+        group = self._added.get(key)
+        if group:
+            out += [v.decode("latin-1") for _, v in group]
+        return out
 
     def __contains__(self, name: str) -> bool:
         return self.get(name) is not None
@@ -145,6 +153,28 @@ class Headers:
         if key in names:
             names.discard(key)
             self.fields[:] = [(n, v) for n, v in self.fields if n.lower() != key]
+            self.edited = True
+            found = True
+        if found:
+            self.changed = True
+        return found
+
+    def remove_all(self, names: frozenset[bytes]) -> bool:
+        """Remove every field whose lower-cased wire name is in ``names`` (precomputed by the caller), in one pass:
+        cheaper than one ``remove`` per name when some are there."""
+        found = False
+        for key in names & self._added.keys():
+            del self._added[key]
+            found = True
+        if self.identity and not names.isdisjoint(IDENTITY_KEYS):
+            kept = b"".join(b"%b: %b\r\n" % (n, v) for n, v in _lines(self.identity) if n.lower() not in names)
+            if kept != self.identity:
+                self.identity = kept
+                found = True
+        index = self._index()
+        if not names.isdisjoint(index):
+            index -= names
+            self.fields[:] = [(n, v) for n, v in self.fields if n.lower() not in names]
             self.edited = True
             found = True
         if found:

@@ -59,20 +59,20 @@ class Passport(Plugin):
                                      ttl=config.ttl, reuse=config.reuse)
         self.header = config.header
         self.claims = tuple(config.claims)
-        self.remove_headers = tuple(config.remove_headers)
+        # the client's credential and any passport it sent, removed in one pass
+        self.remove_headers = frozenset(n.lower().encode("latin-1") for n in (*config.remove_headers, self.header))
         self.remove_args = frozenset(config.remove_query_args)
         self.audiences: dict[int, str] = {}
 
     def access(self, ctx: Ctx) -> Reply | None:
         h = ctx.headers
-        h.remove(self.header)  # never the client's (the proxy drops X-Passport from clients; a custom name too)
         consumer = ctx.consumer
         if not ctx.authenticated or consumer is None:
+            h.remove(self.header)  # never the client's (the proxy drops X-Passport from clients; a custom name too)
             if self.config.require_authentication:
                 return Reply.error_(401, "Unauthorized")
             return None
-        for name in self.remove_headers:
-            h.remove(name)
+        h.remove_all(self.remove_headers)
         if self.remove_args and ctx.query:
             ctx.query = _without_args(ctx.query, self.remove_args)
         claims: dict[str, Any] = {}
