@@ -31,6 +31,8 @@ BUILTIN: dict[str, str] = {
     "request-transformer": "request_transformer",
     "response-transformer": "response_transformer",
     "request-termination": "request_termination",
+    "rate-limiting": "rate_limiting",
+    "limit-conn": "limit_conn",
 }
 
 _loaded: dict[str, type[Plugin]] = {}

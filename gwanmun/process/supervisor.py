@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import native
+from ..ratelimit import shared as ratelimit_shared
 from ..config import LoadedConfig
 from ..errors import ConfigError
 from ..runtime import Runtime
@@ -165,6 +166,7 @@ class Supervisor:
         self.compiled = len(compiled)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.signals.r, selectors.EVENT_READ, None)
+        ratelimit_shared.create(workers=self.nworkers)  # rate-limit counters every worker shares: before any fork
         try:
             for slot in self.slots:
                 self._spawn(slot)
