@@ -576,8 +576,8 @@ def _consumer_issues(data: dict[str, Any], service_names: dict, service_ids: dic
                     issues.append((("consumers", i, field), f"duplicate consumer {field} '{v}'"))
                 else:
                     seen[v] = ("consumers", i, field)
-    groups = {g.get("name") for _, g in _items(data.get("consumer_groups"))} | {
-        g.get("id") for _, g in _items(data.get("consumer_groups"))}
+    groups = {v for _, g in _items(data.get("consumer_groups")) for v in (g.get("name"), g.get("id"))
+              if isinstance(v, str)}
     for i, c in consumers:
         for j, g in enumerate(c.get("groups") or [] if isinstance(c.get("groups"), list) else []):
             key = _ref_key(g)

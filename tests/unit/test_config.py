@@ -436,6 +436,15 @@ ERRORS = [
           host: a
           tls_verify: true
      """, ("services", 0, "tls_verify"), 5, "'tls_verify' is only allowed when 'protocol' is 'https'"),
+    ("consumer group name not a string", """
+        consumer_groups:
+        - name: {a: 1}
+     """, ("consumer_groups", 0, "name"), 3, "expected a string, got a mapping"),
+    ("unknown consumer group", """
+        consumers:
+        - username: x
+          groups: [g]
+     """, ("consumers", 0, "groups", 0), 4, "no consumer group with name or id 'g'"),
     ("unsupported kong top-level key", """
         vaults:
         - name: env
