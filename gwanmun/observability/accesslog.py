@@ -1,19 +1,29 @@
-"""Access log: one JSON line per request.
+"""Access log: one line per request, JSON by default.
 
 Lines are serialised with orjson and written in batches: a batch goes out when it reaches 64 KiB or 100 ms after
 its first line, whichever comes first (nginx's ``access_log ... buffer= flush=``, Envoy's flush interval). A request
 therefore costs a buffer append, not a syscall; at most 100 ms of lines are lost if the process is killed hard.
 The log is flushed on shutdown.
+
+The line's fields or an nginx-like template are configurable (``gateway.access_log_format``, ``access_log_fields``,
+``log_redact``; see ``logformat``); the default JSON line is built here, the fastest way.
+
+**Rotation** (a file destination): at most once a second, when a batch is written, the file's name is checked. If
+it now names another file or none (logrotate, ``mv``, or another worker rotated it), the log is reopened by name: no
+signal is needed. With ``access_log_rotate: {max_size, keep}``, the worker that finds the file at ``max_size`` or
+more renames it to ``<file>.1`` (shifting ``.1`` to ``.2`` ... up to ``.<keep>``, the oldest dropped) under an
+``flock`` of the file, so several workers rotate it once; the others follow the name within a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -63,8 +73,18 @@ class _Clock:
         return self._prefix_b + _MILLIS_B[int((t - sec) * 1000)]
 
 
+def access_log_settings(gw: Any) -> tuple:
+    """What, when it changes on a reload, makes a worker reopen its access log."""
+    rotate = getattr(gw, "access_log_rotate", None)
+    redact = getattr(gw, "log_redact", None)
+    fields = getattr(gw, "access_log_fields", None)
+    return (gw.access_log, getattr(gw, "access_log_format", "json"), tuple(fields) if fields is not None else None,
+            rotate.model_dump_json() if rotate is not None else None,
+            redact.model_dump_json() if redact is not None else None)
+
+
 class AccessLog:
-    def __init__(self, dest: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, dest: str, loop: asyncio.AbstractEventLoop | None = None, gw: Any = None) -> None:
         self.dest = dest
         self.enabled = dest != "off"
         self._loop = loop
@@ -73,8 +93,22 @@ class AccessLog:
         self._clock = _Clock()
         self._fd = -1
         self._own_fd = False
+        self._ino = 0
+        self._dev = 0
+        self._next_check = 0.0
+        self.max_size = 0  # bytes; 0: no size rotation
+        self.keep = 0
+        self.formatter: Any = None  # logformat.Formatter, or None for the built-in JSON line
         if not self.enabled:
             return
+        if gw is not None:
+            from .logformat import compile_formatter
+
+            self.formatter = compile_formatter(gw)
+            rotate = getattr(gw, "access_log_rotate", None)
+            if rotate is not None:
+                self.max_size = int(rotate.max_size)
+                self.keep = int(rotate.keep)
         if dest == "stdout":
             self._fd = sys.stdout.fileno()
         elif dest == "stderr":
@@ -82,6 +116,9 @@ class AccessLog:
         else:
             self._fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             self._own_fd = True
+            st = os.fstat(self._fd)
+            self._ino = st.st_ino
+            self._dev = st.st_dev
 
     def write(self, ex: Exchange) -> None:
         """One JSON line, assembled from bytes.
@@ -94,6 +131,9 @@ class AccessLog:
         if not self.enabled:
             return
         now = perf_counter()
+        if self.formatter is not None:  # a configured format (logformat.py)
+            self._append_line(self.formatter(ex, now))
+            return
         down = ex.down
         route = ex.route
         svc = ex.service
@@ -149,6 +189,11 @@ class AccessLog:
         """A request the parser rejected before it became an exchange (400, 414, 431)."""
         if not self.enabled:
             return
+        if self.formatter is not None:
+            from .logformat import rejected
+
+            self._append_line(self.formatter(rejected(down, status, request_id, size), perf_counter()))
+            return
         record = {
             "time": self._clock.now(),
             "request_id": request_id,
@@ -201,6 +246,61 @@ class AccessLog:
             pass  # a log sink failure must never take a request down
         view.release()
         buf.clear()
+        if self._own_fd:
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + 1.0
+                self._check_file()
+
+    def _check_file(self) -> None:
+        """Follow the file's name if it was rotated away; rotate it if it reached ``max_size``."""
+        try:
+            st = os.stat(self.dest)
+        except OSError:
+            self._reopen()
+            return
+        if st.st_ino != self._ino or st.st_dev != self._dev:
+            self._reopen()
+        elif self.max_size and st.st_size >= self.max_size:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        import fcntl
+
+        dest = self.dest
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # every worker writing this file serialises here
+            try:
+                st = os.stat(dest)
+                if st.st_ino == self._ino and st.st_dev == self._dev and st.st_size >= self.max_size:
+                    keep = max(1, self.keep)
+                    for i in range(keep - 1, 0, -1):
+                        older = f"{dest}.{i}"
+                        if os.path.exists(older):
+                            os.replace(older, f"{dest}.{i + 1}")
+                    os.replace(dest, dest + ".1")
+                    logging.getLogger("gwanmun").info("access_log_rotated", extra={"fields": {
+                        "event": "access_log_rotated", "file": dest, "bytes": st.st_size, "keep": keep}})
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            logging.getLogger("gwanmun").warning("access_log_rotate_failed", extra={"fields": {
+                "event": "access_log_rotate_failed", "file": dest, "error": exc.strerror or str(exc)}})
+            return
+        self._reopen()
+
+    def _reopen(self) -> None:
+        try:
+            fd = os.open(self.dest, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            st = os.fstat(fd)
+        except OSError:
+            return  # keep writing to the file we have
+        old = self._fd
+        self._fd = fd
+        self._ino = st.st_ino
+        self._dev = st.st_dev
+        if old >= 0:
+            os.close(old)
 
     def close(self) -> None:
         self.flush()
