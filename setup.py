@@ -20,6 +20,7 @@ HOT_MODULES = [
     "gwanmun/http/normalize.py",
     "gwanmun/http/validate.py",
     "gwanmun/observability/accesslog.py",
+    "gwanmun/observability/recorder.py",
     "gwanmun/upstream/connection.py",
     "gwanmun/upstream/pool.py",
     "gwanmun/upstream/balancer.py",

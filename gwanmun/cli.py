@@ -1,4 +1,4 @@
-"""Command line: ``gwanmun run | reload | health | validate | version``."""
+"""Command line: ``gwanmun run | reload | health | validate | version | migrations | config | ...``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,47 @@ def _run(args: argparse.Namespace) -> int:
     signals = SignalPipe()  # before the heavy imports: a SIGHUP from now on is a reload, not the end of the process
     from .process.supervisor import run
 
-    return run(args.config, workers=args.workers, pid_file=args.pid_file, signals=signals)
+    control = _control_plane(args.config)  # the Admin API and the config store, when gateway.admin is set
+    if isinstance(control, int):
+        return control
+    try:
+        return run(args.config, workers=args.workers, pid_file=args.pid_file, signals=signals)
+    finally:
+        if control is not None:
+            from .process import reload
+
+            reload.config_source = None
+            control.stop()
+
+
+def _control_plane(config_path: str):
+    """Start the control plane (gwanmun/admin/control.py) if the config file sets ``gateway.admin``, and make it
+    the supervisor's config source. None: no Admin API (or an invalid file: the supervisor reports it); an int: the
+    exit code of a control plane that could not start."""
+    from .config import load_file
+    from .errors import ConfigError
+
+    try:
+        node = load_file(config_path)
+    except ConfigError:
+        return None
+    if node.config.gateway.admin is None:
+        return None
+    import logging
+
+    from .admin.control import ControlPlane, StartError
+    from .process import reload
+    from .server import event, setup_logging
+
+    setup_logging()
+    control = ControlPlane(config_path, node)
+    try:
+        control.start()
+    except StartError as exc:
+        event("admin_start_failed", logging.ERROR, file=config_path, error=str(exc))
+        return 1
+    reload.config_source = control
+    return control
 
 
 def _workers(value: str) -> int | str:
@@ -166,6 +206,13 @@ def _health(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    """A one-screen summary from the running gateway's status listener (``/status``; docs/observability.md)."""
+    from .observability.statuscli import main
+
+    return main(args.url, args.config, args.json, args.watch)
+
+
 def _version(args: argparse.Namespace) -> int:
     from .native import HOT_MODULES, status
 
@@ -197,6 +244,15 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--config", "-c", help="use this config's gateway.pid_file")
     h.add_argument("--json", action="store_true", help="print every worker's status as JSON")
     h.set_defaults(func=_health)
+    st = sub.add_parser("status", help="a one-screen summary of the running gateway: traffic, latency, errors, "
+                                       "top clients, upstream health, circuits, config (from its status listener)")
+    which = st.add_mutually_exclusive_group()
+    which.add_argument("--url", help="the status listener, e.g. 127.0.0.1:8100 (default: gateway.status_listen "
+                                     "of --config, else 127.0.0.1:8100)")
+    which.add_argument("--config", "-c", help="use this config's gateway.status_listen")
+    st.add_argument("--json", action="store_true", help="print the whole /status document")
+    st.add_argument("--watch", type=float, metavar="SECONDS", default=None, help="refresh every SECONDS")
+    st.set_defaults(func=_status)
     v = sub.add_parser("validate", help="check a config file and list every error")
     v.add_argument("file")
     v.set_defaults(func=_validate)
@@ -217,6 +273,9 @@ def parser() -> argparse.ArgumentParser:
     pk.add_argument("--algorithm", choices=["EdDSA", "ES256"], default="EdDSA")
     pk.add_argument("--kid", default=None)
     pk.set_defaults(func=_passport_key)
+    from .admin.commands import add_parsers
+
+    add_parsers(sub)  # migrations up|status, config history|diff|rollback|dump|sync (docs/admin.md)
     return p
 
 

@@ -16,6 +16,7 @@ HOT_MODULES = (
     "gwanmun.http.normalize",
     "gwanmun.http.validate",
     "gwanmun.observability.accesslog",
+    "gwanmun.observability.recorder",
     "gwanmun.upstream.connection",
     "gwanmun.upstream.pool",
     "gwanmun.upstream.balancer",

@@ -63,6 +63,8 @@ from .resilience.fallback import CIRCUIT_OPEN as FB_CIRCUIT_OPEN
 from .resilience.fallback import NO_HEALTHY_TARGET as FB_NO_HEALTHY_TARGET
 from .resilience.fallback import RETRIES_EXHAUSTED as FB_RETRIES_EXHAUSTED
 from .resilience.retry import RETRY, pick_excluding
+from .observability.errorlog import upstream_failed
+from .observability.recorder import Recorder
 
 if TYPE_CHECKING:
     from .http.downstream import DownstreamProtocol
@@ -192,6 +194,8 @@ class Exchange:
     up_host = b""  # a plugin's upstream Host
     max_body = -1  # a plugin's limit on the streamed request body (request-size-limiting); -1: none
     body_seen = 0  # request body bytes received (counted only under such a limit)
+    span: Any = None  # observability.tracing.SpanInfo while this request is traced (sampled); None otherwise
+    recorder: Any = None  # the worker's observability.recorder.Recorder, once start has run
 
     def __init__(
         self,
@@ -237,6 +241,12 @@ class Exchange:
         if refused is not None:
             self.keep_alive = False
             return self.fail(refused[0], "bad_request", refused[1])
+        trace: bytes = b""
+        recorder: Recorder = down.worker.recorder
+        self.recorder = recorder
+        tracing: Any = recorder.tracing
+        if tracing is not None:  # OpenTelemetry (observability/tracing.py): the traceparent to send upstream
+            trace = tracing.begin(self)
         table: dict[bytes, int] = settings.request_fields  # typed: compiled code then uses dict primitives
         for name, value in self.headers:
             action = table.get(name)
@@ -386,6 +396,8 @@ class Exchange:
             )
         else:
             forwarded = down.forwarded  # the same for every request of this connection: built once
+        if trace:
+            forwarded = forwarded + trace
         fwd_host: bytes = xfhost or down.forwarded_host(host)
         fwd_path: bytes = xfpath or path_b
         prefix: bytes = b""
@@ -934,7 +946,7 @@ class Exchange:
                 return
             if self._fallback(FB_RETRIES_EXHAUSTED):
                 if detail:
-                    log.warning("request %s: %s (%s); fallback used", self.request_id, message, detail)
+                    upstream_failed(self, status, message, detail, True)
                 return
         self._upstream_failed(status, code, message, detail=detail)
 
@@ -1711,8 +1723,8 @@ class Exchange:
             else:
                 self._release_permits()
         self.error = detail or message
-        if detail:
-            log.warning("request %s: %s (%s)", self.request_id, message, detail)
+        if detail:  # the error log's reason for the failure (observability/errorlog.py)
+            upstream_failed(self, status, message, detail)
         self._drop_upstream()
         if self.head_sent:
             self.keep_alive = False
@@ -1770,6 +1782,8 @@ class Exchange:
         if self.chain is not None and self.chain.log:
             self._run_log_phase()
         worker.access_log.write(self)
+        recorder: Recorder = self.recorder if self.recorder is not None else worker.recorder
+        recorder.record(self)  # metrics, top talkers, the trace span (observability/recorder.py)
         self.down.exchange_done(self)
 
     def abort(self) -> None:

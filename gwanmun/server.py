@@ -19,7 +19,10 @@ import orjson
 
 from .http.downstream import DownstreamProtocol
 from .proxy import RequestIds
-from .observability.accesslog import AccessLog
+from .observability.accesslog import AccessLog, access_log_settings
+from .observability.publish import WorkerObservability
+from .observability.recorder import Recorder
+from .observability.tracing import Tracing
 from .runtime import Runtime, RuntimeHolder
 from .tls import listener_context
 from .upstream.dns import Resolver
@@ -70,7 +73,7 @@ class Worker:
         gw = runtime.gateway
         self.pools = Pools(pool_settings(gw))
         self.resolver = make_resolver(gw)
-        self.access_log = AccessLog(gw.access_log, loop)
+        self.access_log = AccessLog(gw.access_log, loop, gw)
         self.connections: set[DownstreamProtocol] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.next_request_id = RequestIds().next
@@ -83,12 +86,19 @@ class Worker:
         self.resilience = WorkerResilience(loop, on_breaker_transition)
         self.resilience.reconcile(resilience_of(runtime))
         self.shadows = Shadows()  # mirrored requests (upstream/mirror.py)
+        # observability (docs/observability.md): the proxy records each request in ``recorder`` and, while
+        # gateway.tracing is set, asks ``tracing`` for its traceparent; ``observability`` publishes the counters to
+        # the supervisor and (re)builds ``tracing`` from the config
+        self.recorder = Recorder()
+        self.tracing: Tracing | None = None
+        self.observability = WorkerObservability(self, index)
 
     async def start(self, socks: list[socket.socket] | None = None) -> list[str]:
         """Serve every ``gateway.listen`` address, on ``socks`` when given (bound by the supervisor, in the order of
         ``gateway.listen``), else on sockets bound here. Returns the addresses as ``host:port``."""
         self.pools.start(self.loop)
         self.health.start(self.loop)
+        self.observability.start()
         addresses = []
         for i, listen in enumerate(self.holder.current.gateway.listen):
             sock = socks[i] if socks is not None else bind(*split_listen(listen))
@@ -112,7 +122,8 @@ class Worker:
         Raises ``OSError`` (and changes nothing) if the new access log cannot be opened.
         """
         old_gw, gw = self.holder.current.gateway, runtime.gateway
-        access_log = AccessLog(gw.access_log, self.loop) if gw.access_log != old_gw.access_log else None
+        access_log = (AccessLog(gw.access_log, self.loop, gw)
+                      if access_log_settings(gw) != access_log_settings(old_gw) else None)
         carry_plugins(self.holder.current, runtime)
         old = self.holder.swap(runtime)
         self.health.apply(runtime.health, runtime.services)  # the state of targets that still exist is kept
@@ -126,6 +137,7 @@ class Worker:
             self.pools.configure(pool_settings(gw))
         if dns_settings(gw) != dns_settings(old_gw):
             self.resolver = make_resolver(gw)
+        self.observability.configure(gw)  # tracing on, off or rebuilt if gateway.tracing changed
         return old
 
     def in_use(self, runtime: Runtime) -> bool:
@@ -161,6 +173,7 @@ class Worker:
         self.pools.close()
         self.shadows.close()
         self.health.close()
+        await self.observability.aclose()
         self.access_log.close()
 
     def force_close(self) -> None:

@@ -39,6 +39,9 @@ __all__ = [
     "ActiveHealthcheck",
     "ActiveHealthy",
     "ActiveUnhealthy",
+    "AccessLogRotate",
+    "AdminSettings",
+    "AdminTokenConfig",
     "CACertificateConfig",
     "CertificateConfig",
     "DeclarativeConfig",
@@ -55,6 +58,7 @@ __all__ = [
     "SniConfig",
     "TARGET_DEFAULT_PORT",
     "TargetConfig",
+    "TracingSettings",
     "UNSUPPORTED_FIELDS",
     "UpstreamConfig",
     "compile_header_regex",
@@ -146,6 +150,9 @@ GATEWAY_RENAMED = {
     "nginx_proxy_underscores_in_headers": "underscores_in_headers",
     "nginx_http_merge_slashes": "merge_slashes",
     "nginx_proxy_merge_slashes": "merge_slashes",
+    # the Admin API and its storage (issue 7): one ``admin:`` block
+    "admin_listen": "admin.listen",
+    "database": "admin.database",
 }
 
 
@@ -1612,6 +1619,162 @@ class PassportSettings(_Model):
         return self
 
 
+# ---- gateway.admin: the Admin API and where its config is stored (gwanmun/admin, gwanmun/store; docs/admin.md) --
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost could resolve anywhere
+
+
+def _check_admin_listen(v: str) -> str:
+    _check_listen(v)
+    if len(v.split()) > 1:
+        raise _err("unsupported", "listen flags are not supported on the admin listener (put TLS in front of it)")
+    return v
+
+
+class AdminTokenConfig(_Model):
+    """One Admin API token, stored hashed (``gwanmun hash-key``): a client sends the token itself in
+    ``Authorization: Bearer <token>`` or ``Kong-Admin-Token``."""
+
+    name: Annotated[str, Strict(), Field(min_length=1, max_length=128)]
+    token_hash: Annotated[str, Strict(), Field(pattern=r"^(sha256|hmac-sha256)\$[0-9a-f]{64}$")] = Field(repr=False)
+    role: Literal["admin", "read-only"] = "admin"
+
+
+class AdminSettings(_Model):
+    """``gateway.admin``: serve the Admin API (Kong's paths) and keep the config in a store. Absent: no Admin API,
+    the config file is the only source (as before)."""
+
+    listen: list[Annotated[str, Strict(), AfterValidator(_check_admin_listen)]] = Field(
+        default_factory=lambda: ["127.0.0.1:8001"], min_length=1
+    )
+    tokens: list[AdminTokenConfig] = Field(default_factory=list)
+    # off: DB-less (the config file; the API is read-only except POST /config); sqlite: one node (the default);
+    # postgres: a cluster of nodes sharing one database
+    database: Literal["off", "sqlite", "postgres"] = "sqlite"
+    sqlite_path: Annotated[str, Strict(), Field(min_length=1)] | None = None  # default: <config>.sqlite3
+    postgres_dsn: Annotated[str, Strict(), Field(min_length=1)] | None = Field(default=None, repr=False)
+    cache_file: Annotated[str, Strict(), Field(min_length=1)] | None = None  # default: <config>.lkg.json
+    poll_interval: Annotated[float, Strict(), AllowInfNan(False), _between(0.05, 3600)] = 0.5  # seconds
+    connect_timeout: Annotated[float, Strict(), AllowInfNan(False), _between(0.1, 600)] = 2.0  # seconds
+    history_limit: Annotated[int, Strict(), _between(0, 2**31 - 1)] = 1000  # versions kept; 0: all
+
+    @field_validator("database", mode="before")
+    @classmethod
+    def _database_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare ``off`` as false
+
+    @model_validator(mode="after")
+    def _checks(self) -> AdminSettings:
+        if self.database == "postgres" and not self.postgres_dsn:
+            raise _err("postgres_dsn", "database 'postgres' needs postgres_dsn (e.g. postgresql://user@host/db)")
+        names = [t.name for t in self.tokens]
+        if len(set(names)) != len(names):
+            raise _err("tokens", "admin token names must be unique")
+        if not self.tokens:
+            for v in self.listen:
+                host, _ = _parse_listen(v)
+                if not _is_loopback_host(host):
+                    raise _err("admin_auth", "the admin listener '{value}' is not a loopback address: configure "
+                                             "admin authentication (gateway.admin.tokens) first", value=v)
+        return self
+
+
+# ---- observability: status listener, access-log format and rotation, redaction, tracing (docs/observability.md) ----
+
+
+def _check_status_listen(v: str) -> str:
+    if v == "off":
+        return v
+    _check_listen(v)
+    if len(v.split()) > 1:
+        raise _err("unsupported", "listen flags are not supported on the status listener")
+    return v
+
+
+def _check_log_format(v: str) -> str:
+    from ..observability.logformat import check_format
+
+    try:
+        return check_format(v)
+    except ValueError as e:
+        raise _err("access_log_format", "{reason}", reason=str(e)) from None
+
+
+def _check_log_fields(v: list[str]) -> list[str]:
+    from ..observability.logformat import check_fields
+
+    try:
+        return check_fields(v)
+    except ValueError as e:
+        raise _err("access_log_fields", "{reason}", reason=str(e)) from None
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _parse_size(v: Any) -> Any:
+    """nginx-style sizes: 1048576, "512k", "100m", "1g"."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", v)
+        if not m:
+            raise _err("size", "expected a size in bytes, or with a unit: 512k, 100m, 1g")
+        return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    return v
+
+
+class AccessLogRotate(_Model):
+    """``gateway.access_log_rotate``: rotate the access-log file when it reaches ``max_size``."""
+
+    max_size: Annotated[int, PlainValidator(_parse_size), AfterValidator(lambda v: _size_at_least(v))]
+    keep: Annotated[int, Strict(), _between(1, 1000)] = 5  # rotated files kept: <file>.1 ... <file>.<keep>
+
+
+def _size_at_least(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 4096:
+        raise _err("size", "max_size must be at least 4096 bytes")
+    return v
+
+
+class LogRedactSettings(_Model):
+    """``gateway.log_redact``: what is never written to a log as it was sent (replaced by ``[REDACTED]``)."""
+
+    headers: list[Annotated[str, Strict(), Field(min_length=1)]] = Field(
+        default_factory=lambda: ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
+                                 "apikey", "api-key", "x-auth-token", "x-access-token", "x-amz-security-token"])
+    query_args: list[Annotated[str, Strict(), Field(min_length=1)]] = Field(
+        default_factory=lambda: ["apikey", "api_key", "api-key", "key", "token", "access_token", "refresh_token",
+                                 "id_token", "password", "passwd", "secret", "client_secret", "signature", "sig",
+                                 "jwt", "auth"])
+
+
+def _check_otlp_endpoint(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _err("endpoint", "expected an OTLP/HTTP URL such as http://127.0.0.1:4318/v1/traces")
+    return v
+
+
+class TracingSettings(_Model):
+    """``gateway.tracing``: OpenTelemetry traces exported over OTLP/HTTP (protobuf). Absent: tracing is off."""
+
+    endpoint: Annotated[str, Strict(), AfterValidator(_check_otlp_endpoint)]
+    sampling_ratio: Annotated[float, AllowInfNan(False), _between(0, 1)] = 0.01  # Kong's tracing_sampling_rate
+    parent_based: Bool = True  # follow a client's traceparent sampled flag
+    service_name: Annotated[str, Strict(), Field(min_length=1)] = "gwanmun"
+    headers: dict[str, Annotated[str, Strict()]] = Field(default_factory=dict, repr=False)  # e.g. collector auth
+    resource_attributes: dict[str, Annotated[str, Strict()]] = Field(default_factory=dict)
+    timeout: Annotated[float, AllowInfNan(False), _between(0.1, 600)] = 10.0  # seconds per export
+    flush_interval: Annotated[float, AllowInfNan(False), _between(0.01, 600)] = 5.0  # seconds between exports
+    max_queue_size: Annotated[int, Strict(), _between(1, 1_000_000)] = 2048  # spans buffered; more are dropped
+
+
 class GatewayConfig(_Entity):
     """gwanmun's server settings (``gateway:``). Names follow kong.conf where an equivalent exists."""
 
@@ -1674,8 +1837,17 @@ class GatewayConfig(_Entity):
     shutdown_timeout: NonNegativeSeconds = 10.0
     pid_file: Annotated[str, Strict(), AfterValidator(_check_pid_file)] | None = None
     config_watch_interval: Annotated[NonNegativeSeconds, AfterValidator(_check_watch_interval)] = 1.0
+    admin: AdminSettings | None = None  # the Admin API and the config store (docs/admin.md); unset: none
+    # observability (docs/observability.md): Kong's status_listen (/metrics, /status, the dashboard; "off": none),
+    # the access-log format and rotation, what logs never show, and OpenTelemetry tracing (absent: off)
+    status_listen: Annotated[str, Strict(), AfterValidator(_check_status_listen)] = "127.0.0.1:8100"
+    access_log_format: Annotated[str, Strict(), AfterValidator(_check_log_format)] = "json"
+    access_log_fields: Annotated[list[Annotated[str, Strict()]], AfterValidator(_check_log_fields)] | None = None
+    access_log_rotate: AccessLogRotate | None = None
+    log_redact: LogRedactSettings = Field(default_factory=LogRedactSettings)
+    tracing: TracingSettings | None = None
 
-    @field_validator("pid_file", mode="before")
+    @field_validator("pid_file", "status_listen", mode="before")
     @classmethod
     def _pid_file_off(cls, v):
         return "off" if v is False else v  # YAML 1.1 reads a bare ``off`` as false

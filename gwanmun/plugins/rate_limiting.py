@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from gwanmun.observability.metrics import ratelimit as count_decision  # gwanmun_ratelimit_decisions_total
 from gwanmun.plugins._limits import LIMIT_BY, emit, identity, scope_of, stable_id
 from gwanmun.plugins._traffic import Record, check_header_name
 from gwanmun.plugins.base import BuildEnv, Ctx, Plugin, Reply, Response
@@ -195,10 +196,13 @@ class RateLimiting(Plugin):
         res = table.hit(self.lhash ^ hash(self.identify(ctx)), self.step, self.periods, time())
         if res is None:  # the table's lock is stuck: let the request through
             stats["local_failures"] += 1
+            count_decision(ctx, "error", self.name)
             return None
         if res[0]:
             ctx.shared[SHARED_KEY] = (self, res[2])
+            count_decision(ctx, "allowed", self.name)
             return None
+        count_decision(ctx, "rejected", self.name)
         return self._refuse(res[1], res[2])
 
     async def access_redis(self, ctx: Ctx) -> Reply | None:
@@ -212,10 +216,13 @@ class RateLimiting(Plugin):
             ok, retry, results = await self.redis.hit([base + p.name for p in self.periods],
                                                       self.config.algorithm, self.periods)
         except StoreUnavailable as exc:
+            count_decision(ctx, "error", self.name)
             return self._unavailable(str(exc))
         if ok:
             ctx.shared[SHARED_KEY] = (self, results)
+            count_decision(ctx, "allowed", self.name)
             return None
+        count_decision(ctx, "rejected", self.name)
         return self._refuse(retry, results)
 
     def _refuse(self, retry: float, results: list) -> Reply:

@@ -5,6 +5,7 @@
 - ``RESTART_FIELDS`` / ``LIVE_FIELDS``: every ``gateway:`` field is in exactly one of them (a unit test checks it,
   so a new field must be classified). A reload applies the live ones and reports the others as "needs restart".
 - ``ConfigWatcher``: polls the file's stat and content hash.
+- ``config_source``: with the Admin API on, the control plane supplies the entities (see ``prepare``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ RESTART_FIELDS = {
     "listen": "listeners are bound once, when the gateway starts, and never closed by a reload",
     "workers": "the number of worker processes is fixed when the gateway starts",
     "pid_file": "the pid file is written when the gateway starts",
+    "admin": "the Admin API's listeners, its tokens and the config store are set up when the gateway starts",
+    "status_listen": "the status listener (/metrics, /status, the dashboard) is bound once, by the supervisor",
 }
 
 # gateway fields a reload applies, and how
@@ -40,6 +43,11 @@ LIVE_FIELDS = {
     "client_body_timeout": "the next time a connection's timer is armed (read from the current settings)",
     "max_connections": "new connections (checked against the current settings when one is accepted)",
     "access_log": "reopened by each worker if the destination changed",
+    "access_log_format": "each worker reopens its access log with the new format",
+    "access_log_fields": "each worker reopens its access log with the new fields",
+    "access_log_rotate": "each worker reopens its access log with the new limits",
+    "log_redact": "each worker reopens its access log with the new redaction lists",
+    "tracing": "each worker rebuilds its tracer and exporter (spans queued for the old one are flushed first)",
     "upstream_keepalive_pool_size": "every pool, in place (warm connections are kept)",
     "upstream_keepalive_max_requests": "every pool, in place",
     "upstream_keepalive_idle_timeout": "every pool, in place",
@@ -74,9 +82,19 @@ def resolve_workers(value: int | str) -> int:
     return int(value)
 
 
+# Where the entities come from when the Admin API is on (``gateway.admin``): the control plane
+# (gwanmun.admin.control.ControlPlane) sets this. Its ``combine(loaded)`` takes the config file as loaded (the node's
+# ``gateway:`` settings) and returns the config to serve: those settings with the entities of the store's current
+# version. None: the file alone, as without an Admin API.
+config_source = None
+
+
 def prepare(path: str) -> tuple[LoadedConfig, Runtime]:
     """Load, validate and compile ``path``; check that its access log can be opened. Raises ``ConfigError``."""
     loaded = load_file(path)
+    source = config_source
+    if source is not None:
+        loaded = source.combine(loaded)
     runtime = compile_runtime(loaded)
     dest = loaded.config.gateway.access_log
     if dest not in ("stdout", "stderr", "off"):

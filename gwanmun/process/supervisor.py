@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 from .. import native
 from ..ratelimit import shared as ratelimit_shared
+from ..observability import status as observability
 from ..config import LoadedConfig
 from ..errors import ConfigError
 from ..runtime import Runtime
@@ -167,6 +168,8 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.signals.r, selectors.EVENT_READ, None)
         ratelimit_shared.create(workers=self.nworkers)  # rate-limit counters every worker shares: before any fork
+        # metrics regions (one per worker, before any fork) and the status listener, served by this loop
+        self.status_server = observability.start(self)
         try:
             for slot in self.slots:
                 self._spawn(slot)
@@ -475,8 +478,10 @@ class Supervisor:
             for key, mask in self.selector.select(self._timeout(time.monotonic())):
                 if key.data is None:
                     self._on_signals()
-                else:
+                elif isinstance(key.data, Slot):
                     self._on_channel(key.data, mask)
+                else:  # the status listener and its connections (observability/status.py)
+                    key.data(mask)
             self._reap()
             now = time.monotonic()
             if self.stopping:
