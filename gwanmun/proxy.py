@@ -748,11 +748,7 @@ class Exchange:
     def _response_filters(self, status: int, lines: list[bytes]) -> tuple[int, list[bytes]]:
         """The upstream's response head through the plugins' header filters; decides whether its body is held
         for ``response_body`` plugins."""
-        fields = []
-        for line in lines:
-            name, _, value = line[:-2].partition(b": ")
-            fields.append((name, value))
-        resp = Response(status, Headers(fields))
+        resp = Response(status, Headers(None, lines))
         ctx = self.ctx
         ctx.response = resp
         for handler in self.chain.header_filter:
@@ -764,7 +760,14 @@ class Exchange:
             if any(p.wants_body(ctx, resp) for p in self.chain.response_body):
                 self.resp_buf = []
                 self.resp_obj = resp
-        out = [b"%b: %b\r\n" % (n, v) for n, v in resp.headers.fields + resp.headers.added
+        headers = resp.headers
+        if not headers.parsed and not headers.identity and self.resp_buf is None:
+            out = lines  # nothing read or removed: the received lines as they are, and what plugins added
+            added = headers.added
+            if added:
+                out = lines + [b"%b: %b\r\n" % (n, v) for n, v in added]
+            return resp.status, out
+        out = [b"%b: %b\r\n" % (n, v) for n, v in headers.fields + headers.added
                if self.resp_buf is None or n.lower() != b"content-length"]
         return resp.status, out
 

@@ -77,15 +77,30 @@ class Headers:
     one precomputed block of lines, ``identity`` (see ``plugins.identity``), read and removed like any field.
     """
 
-    __slots__ = ("fields", "_added", "changed", "edited", "identity", "_names")
+    __slots__ = ("_fields", "lines", "_added", "changed", "edited", "identity", "_names")
 
-    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
-        self.fields = fields  # the received fields, in wire form; remove() edits this list in place
+    def __init__(self, fields: list[tuple[bytes, bytes]] | None = None, lines: list[bytes] | None = None) -> None:
+        self._fields = fields  # the received fields, in wire form; remove() edits this list in place
+        # or, for a response head, its finished "Name: value\r\n" lines, parsed only if a plugin reads them (a
+        # plugin that only adds fields, the usual case, costs no parse)
+        self.lines = lines
         self._added: dict[bytes, list[tuple[bytes, bytes]]] = {}  # lower-cased name -> fields plugins added
         self.identity = b""  # finished "Name: value\r\n" lines of the identity headers
         self.changed = False  # anything changed
         self.edited = False  # a received field was removed
         self._names: set[bytes] | None = None  # lower-cased names of ``fields``
+
+    @property
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = [(n, v[:-2]) for n, _, v in (line.partition(b": ") for line in self.lines or ())]
+        return fields
+
+    @property
+    def parsed(self) -> bool:
+        """Whether the received fields were read (else ``lines`` are still exactly what will be sent)."""
+        return self._fields is not None
 
     @property
     def added(self) -> list[tuple[bytes, bytes]]:
