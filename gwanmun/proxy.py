@@ -170,6 +170,7 @@ class Exchange:
     retry_timer: Any = None  # a backoff in progress
     bulkhead: Any = None
     ticket: Any = None  # the bulkhead's ticket (queued or granted)
+    slot = False  # holds a bulkhead slot taken without a ticket (Bulkhead.try_acquire)
     fell_back = False  # a fallback was used: no second one
     mirror: Any = None  # upstream.mirror.MirrorSpec when this request is mirrored
     mirror_buf: Any = None  # the request body as sent, for the mirror; None: not mirrored (or too big)
@@ -836,6 +837,9 @@ class Exchange:
         if bulkhead is None:
             return self._forward(svc)
         self.bulkhead = bulkhead
+        if bulkhead.try_acquire():  # a free slot and no queue: no ticket, no callbacks
+            self.slot = True
+            return self._forward(svc)
         self.ticket = bulkhead.acquire(self._granted, self._refused)  # may call either at once
 
     def _granted(self) -> None:
@@ -1776,7 +1780,10 @@ class Exchange:
             self.retry_timer = None
         if self.permit >= 0 or self.tpermit >= 0:
             self._release_permits()
-        if self.ticket is not None:
+        if self.slot:
+            self.slot = False
+            self.bulkhead.release()
+        elif self.ticket is not None:
             self.bulkhead.cancel(self.ticket)  # withdraws a queued request, or frees its slot
         self.flush_downstream()
         worker = self.down.worker

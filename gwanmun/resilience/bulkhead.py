@@ -78,6 +78,14 @@ class Bulkhead:
         self.queue_timeout = settings.queue_timeout
         self._grant()
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits (the usual case), with no ticket; give it back with
+        ``release()``. False: use ``acquire``, which queues or refuses."""
+        if self.active < self.max_concurrent and not self.queued:
+            self.active += 1
+            return True
+        return False
+
     def acquire(self, on_grant: Callable[[], None], on_reject: Callable[[str], None]) -> Ticket:
         ticket = Ticket(on_grant, on_reject)
         if self.active < self.max_concurrent and not self.queued:

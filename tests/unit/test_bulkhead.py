@@ -163,3 +163,22 @@ def test_reconfigure_keeps_running_and_queued():
             BulkheadSettings(0)
 
     run(main())
+
+
+def test_try_acquire_takes_a_free_slot_only_when_nobody_waits():
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        b = Bulkhead(loop, 1, max_queue=1, queue_timeout=10.0)
+        assert b.try_acquire() and b.active == 1
+        assert not b.try_acquire()  # full
+        granted: list[int] = []
+        t = b.acquire(lambda: granted.append(1), lambda why: None)
+        assert b.queued == 1 and not granted
+        b.release()  # the slot taken without a ticket goes to the queued request
+        assert granted == [1] and b.active == 1 and b.queued == 0
+        b.release(t)
+        assert b.active == 0 and b.try_acquire()
+    finally:
+        loop.close()
