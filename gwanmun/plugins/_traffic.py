@@ -195,3 +195,27 @@ def has_arg(raw: bytes, name: str) -> bool:
         if k == name or ("%" in k or "+" in k) and unquote_plus(k) == name:
             return True
     return False
+
+
+def apply_header_ops(h: Any, remove: Iterable[str], rename: Iterable[tuple[str, str]],
+                     replace: Iterable[tuple[str, str]], add: Iterable[tuple[str, str]],
+                     append: Iterable[tuple[str, str]]) -> None:
+    """Kong's transformer order on a ``Headers``: remove, rename, replace (only if present), add (only if absent),
+    append (always). Shared by request-transformer and response-transformer."""
+    for name in remove:
+        h.remove(name)
+    for old, new in rename:
+        values = h.get_all(old)
+        if values:
+            h.remove(old)
+            h.remove(new)
+            for v in values:
+                h.add(new, v)
+    for name, value in replace:
+        if name in h:
+            h.set(name, value)
+    for name, value in add:
+        if name not in h:
+            h.add(name, value)
+    for name, value in append:
+        h.add(name, value)

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from pydantic import Field, field_validator
 
-from ._traffic import ArgOps, Record, pairs, parsed
+from ._traffic import ArgOps, Record, apply_header_ops, pairs, parsed
 from .base import BuildEnv, Ctx, Plugin
 
 METHOD_KEY = "method"  # ctx.shared key: the method to send upstream
@@ -189,26 +189,9 @@ class RequestTransformer(Plugin):
                 ctx.query = ("?" + new).encode("latin-1") if new else b""
 
     def _headers(self, ctx: Ctx) -> None:
-        h = ctx.headers
-        for name in self.h_remove:
-            h.remove(name)
-        for old, new in self.h_rename:
-            values = h.get_all(old)
-            if values:
-                h.remove(old)
-                h.remove(new)
-                for v in values:
-                    h.add(new, v)
-        for name, value in self.h_replace:
-            if name in h:
-                h.set(name, value)
         if self.host is not None:
             ctx.shared[HOST_KEY] = self.host
-        for name, value in self.h_add:
-            if name not in h:
-                h.add(name, value)
-        for name, value in self.h_append:
-            h.add(name, value)
+        apply_header_ops(ctx.headers, self.h_remove, self.h_rename, self.h_replace, self.h_add, self.h_append)
 
     # -- body ---------------------------------------------------------------------------------------------------
     def wants_request_body(self, ctx: Ctx) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, field_validator, model_validator
 
-from ._traffic import Record, pairs, parsed
+from ._traffic import Record, apply_header_ops, pairs, parsed
 from .base import BuildEnv, Ctx, Plugin, Response
 
 _MISSING = object()
@@ -251,24 +251,7 @@ class ResponseTransformer(Plugin):
 
     # -- headers ------------------------------------------------------------------------------------------------
     def header_filter(self, ctx: Ctx, resp: Response) -> None:
-        h = resp.headers
-        for name in self.h_remove:
-            h.remove(name)
-        for old, new in self.h_rename:
-            values = h.get_all(old)
-            if values:
-                h.remove(old)
-                h.remove(new)
-                for v in values:
-                    h.add(new, v)
-        for name, value in self.h_replace:
-            if name in h:
-                h.set(name, value)
-        for name, value in self.h_add:
-            if name not in h:
-                h.add(name, value)
-        for name, value in self.h_append:
-            h.add(name, value)
+        apply_header_ops(resp.headers, self.h_remove, self.h_rename, self.h_replace, self.h_add, self.h_append)
 
     # -- body ---------------------------------------------------------------------------------------------------
     def wants_body(self, ctx: Ctx, resp: Response) -> bool:
