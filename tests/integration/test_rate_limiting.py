@@ -19,20 +19,11 @@ from collections import Counter
 
 import pytest
 
+from tests.fixtures.redis import needs_redis
 from tests.fixtures.gateway import route, service
 from tests.fixtures.switchable import Switchable
 
 
-def redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379")
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
+from tests.fixtures.redis import needs_redis
 from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Headers, Reply, Response
 from gwanmun.plugins.limit_conn import LimitConn
 from gwanmun.plugins.rate_limiting import RateLimiting
@@ -31,16 +32,6 @@ T0 = 1_700_000_040.0  # a minute boundary (1_700_000_040 = 60 * 28_333_334)
 ALGOS = ["fixed", "sliding", "gcra"]
 
 
-def redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379")
 
 
 def free_port() -> int:
