@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import struct
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,12 +20,13 @@ import pytest
 
 from tests.fixtures.gateway import single_service
 from tests.fixtures.rawhttp import PeerClosed, RawConnection
+from tests.fixtures.switchable import LoopServer
 
 READ_TIMEOUT_MS = 300
 CONNECT_TIMEOUT_MS = 300
 
 
-class Misbehaving:
+class Misbehaving(LoopServer):
     """An upstream that does one bad thing on every connection, in a thread with its own event loop."""
 
     MODES = ("accept-close", "reset-head", "reset-body", "slow-head", "slow-body", "garbage", "never")
@@ -34,27 +34,7 @@ class Misbehaving:
     def __init__(self, mode: str) -> None:
         assert mode in self.MODES
         self.mode = mode
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self.ready.wait(5)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
-        tasks = asyncio.all_tasks(self.loop)  # handlers still stalling: cancel them, and let them finish
-        for t in tasks:
-            t.cancel()
-        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        self.loop.close()
+        self._serve()
 
     @staticmethod
     def _reset(writer: asyncio.StreamWriter) -> None:
@@ -97,14 +77,6 @@ class Misbehaving:
         finally:
             if not writer.transport.is_closing():
                 writer.transport.abort()
-
-    def close(self) -> None:
-        def stop() -> None:
-            self.server.close()
-            self.loop.stop()
-
-        self.loop.call_soon_threadsafe(stop)
-        self.thread.join(5)
 
 
 # mode -> (status the client sees, "cut" when the head was already sent and the connection must be closed, whether
