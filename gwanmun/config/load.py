@@ -569,13 +569,13 @@ def _consumer_issues(data: dict[str, Any], service_names: dict, service_ids: dic
     seen: dict[str, tuple] = {}
     keys: dict[str, tuple] = {}
     for i, c in consumers:
-        for field in ("username", "custom_id", "id"):
-            v = c.get(field)
+        for attr in ("username", "custom_id", "id"):
+            v = c.get(attr)
             if isinstance(v, str):
                 if v in seen:
-                    issues.append((("consumers", i, field), f"duplicate consumer {field} '{v}'"))
+                    issues.append((("consumers", i, attr), f"duplicate consumer {attr} '{v}'"))
                 else:
-                    seen[v] = ("consumers", i, field)
+                    seen[v] = ("consumers", i, attr)
     groups = {v for _, g in _items(data.get("consumer_groups")) for v in (g.get("name"), g.get("id"))
               if isinstance(v, str)}
     for i, c in consumers:
@@ -595,13 +595,13 @@ def _consumer_issues(data: dict[str, Any], service_names: dict, service_ids: dic
     unique_field = {"keyauth_credentials": ("key", "key_hash"), "basicauth_credentials": ("username",),
                     "jwt_secrets": ("key",)}
     for path, kind, x in creds:
-        for field in unique_field.get(kind, ()):
-            v = x.get(field)
+        for attr in unique_field.get(kind, ()):
+            v = x.get(attr)
             if isinstance(v, str):
                 k = f"{kind}:{v}"
                 if k in keys:
-                    what = "key" if field in ("key", "key_hash") else field
-                    issues.append((path + (field,), f"duplicate {kind[:-1].replace('_', ' ')} {what} (already at "
+                    what = "key" if attr in ("key", "key_hash") else attr
+                    issues.append((path + (attr,), f"duplicate {kind[:-1].replace('_', ' ')} {what} (already at "
                                                    f"{format_path(keys[k])})"))
                 else:
                     keys[k] = path

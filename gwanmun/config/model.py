@@ -2081,7 +2081,7 @@ class ConsumerConfig(_Entity):
         for key in ("keyauth_credentials", "basicauth_credentials", "jwt_secrets", "acls", "plugins"):
             if key in data:
                 data[key] = _mark_refs(data[key], "consumer", must_have=False,
-                                       message=f"an entity nested under a consumer must not set 'consumer'")
+                                       message="an entity nested under a consumer must not set 'consumer'")
         if isinstance(data.get("groups"), list):
             data["groups"] = [_reference("consumer group")(g) if isinstance(g, dict) else g for g in data["groups"]]
         return data

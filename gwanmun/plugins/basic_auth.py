@@ -35,7 +35,7 @@ from pydantic import field_validator
 
 from gwanmun.auth.secrets import DEFAULT_POLICY, PasswordPolicy, dummy_verify, parse_basic, verify_password
 from gwanmun.plugins import identity
-from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Plugin, PluginConfig, Reply
+from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Plugin, Reply
 
 log = logging.getLogger("gwanmun.plugins.basic_auth")
 

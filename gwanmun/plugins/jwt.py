@@ -36,7 +36,7 @@ from pydantic import Field, field_validator, model_validator
 from gwanmun.auth.jwks import JWKSClient
 from gwanmun.auth.jwt import JWTError, JWTKey, JWTVerifier, TokenLocator, valid_id
 from gwanmun.plugins import identity
-from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Plugin, PluginConfig, Reply
+from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Plugin, Reply
 
 log = logging.getLogger("gwanmun.plugins.jwt")
 

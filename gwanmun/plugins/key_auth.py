@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 
 from gwanmun.auth.secrets import hash_key, key_digest
 from gwanmun.plugins import identity
-from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Plugin, PluginConfig, Reply
+from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Plugin, Reply
 
 log = logging.getLogger("gwanmun.plugins.key_auth")
 
