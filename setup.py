@@ -30,6 +30,11 @@ HOT_MODULES = [
     "gwanmun/resilience/bulkhead.py",
     "gwanmun/resilience/fallback.py",
     "gwanmun/resilience/registry.py",
+    "gwanmun/plugins/context.py",
+    "gwanmun/ratelimit/algorithms.py",
+    "gwanmun/ratelimit/periods.py",
+    "gwanmun/ratelimit/shared.py",
+    "gwanmun/ratelimit/local.py",
 ]
 
 

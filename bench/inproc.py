@@ -88,6 +88,7 @@ def main() -> int:
     p.add_argument("--instructions", action="store_true", help="count instructions per request with callgrind")
     p.add_argument("--log", choices=("off", "on", "both"), default="both")
     p.add_argument("--variant", metavar="FILE", help="also measure with a bench/variants file's config and headers")
+    p.add_argument("--variant-only", action="store_true", help="with --variant: measure only the variant")
     args = p.parse_args()
     if args.instructions:
         return instructions(("off", "on") if args.log == "both" else (args.log,))
@@ -96,7 +97,8 @@ def main() -> int:
     uvloop.install()
     if args.profile:
         out = os.path.join(tempfile.gettempdir(), "gwanmun-inproc.svg")
-        child = subprocess.Popen([sys.executable, __file__, "--requests", str(args.requests * 20)])
+        extra = ["--variant", args.variant, "--variant-only"] if args.variant else []
+        child = subprocess.Popen([sys.executable, __file__, "--requests", str(args.requests * 20), *extra])
         time.sleep(1.5)
         subprocess.run(["py-spy", "record", "--native", "-p", str(child.pid), "-d", "5", "-o", out], check=False)
         child.kill()
@@ -107,6 +109,9 @@ def main() -> int:
         from run import load_variants
 
         variant = load_variants([f"v={args.variant}"])["v"]
+        if args.variant_only:
+            print(f"{asyncio.run(measure(args.requests, 'off', variant)):.2f} us/request with {args.variant}")
+            return 0
         base = asyncio.run(measure(args.requests, "off"))
         with_v = asyncio.run(measure(args.requests, "off", variant))
         print(f"{base:.2f} us/request plain, {with_v:.2f} us/request with {args.variant} "

@@ -26,6 +26,11 @@ HOT_MODULES = (
     "gwanmun.resilience.bulkhead",
     "gwanmun.resilience.fallback",
     "gwanmun.resilience.registry",
+    "gwanmun.plugins.context",
+    "gwanmun.ratelimit.algorithms",
+    "gwanmun.ratelimit.periods",
+    "gwanmun.ratelimit.shared",
+    "gwanmun.ratelimit.local",
 )
 
 

@@ -548,7 +548,7 @@ class Exchange:
 
     def _access_next(self) -> None:
         """Run access handlers from ``ai`` on until one answers, one must wait, or all are done."""
-        ctx = self.ctx
+        ctx: Ctx = self.ctx
         while True:
             chain = self.chain
             handlers = chain.access
@@ -600,9 +600,9 @@ class Exchange:
 
     def _access_complete(self) -> None:
         """Every access handler said go on: join the (maybe changed) fields, pick the service, forward."""
-        ctx = self.ctx
+        ctx: Ctx = self.ctx
         self.access_done = True
-        headers = ctx.headers
+        headers: Headers = ctx.headers
         fwd = self.fwd
         if headers.changed:
             if headers.edited:  # a received field was removed: forward what is left
@@ -610,8 +610,7 @@ class Exchange:
                                    self.conn_named, self.req_buf is not None)
             if headers.identity:
                 fwd.append(headers.identity)
-            for name, value in headers.added:
-                fwd += (name, b": ", value, b"\r\n")
+            fwd += headers.finished()
         if ctx.query is not self.query:
             self.query = ctx.query
         if ctx.upstream_path is not None:
@@ -750,7 +749,7 @@ class Exchange:
         """The upstream's response head through the plugins' header filters; decides whether its body is held
         for ``response_body`` plugins."""
         resp = Response(status, Headers(None, lines))
-        ctx = self.ctx
+        ctx: Ctx = self.ctx
         ctx.response = resp
         for handler in self.chain.header_filter:
             try:
@@ -761,13 +760,11 @@ class Exchange:
             if any(p.wants_body(ctx, resp) for p in self.chain.response_body):
                 self.resp_buf = []
                 self.resp_obj = resp
-        headers = resp.headers
+        headers: Headers = resp.headers
         if not headers.parsed and not headers.identity and self.resp_buf is None:
-            out = lines  # nothing read or removed: the received lines as they are, and what plugins added
-            added = headers.added
-            if added:
-                out = lines + [b"%b: %b\r\n" % (n, v) for n, v in added]
-            return resp.status, out
+            # nothing read or removed: the received lines as they are, and what plugins added
+            tail = headers.finished()
+            return resp.status, lines + tail if tail else lines
         out = [b"%b: %b\r\n" % (n, v) for n, v in headers.fields + headers.added
                if self.resp_buf is None or n.lower() != b"content-length"]
         return resp.status, out
@@ -1795,6 +1792,11 @@ class Exchange:
         recorder: Recorder = self.recorder if self.recorder is not None else worker.recorder
         recorder.record(self)  # metrics, top talkers, the trace span (observability/recorder.py)
         self.down.exchange_done(self)
+        ctx = self.ctx
+        if ctx is not None:
+            # Exchange.ctx and Ctx.ex are a reference cycle: broken here, the pair is freed at once rather than by
+            # the cyclic GC (measured: collections cost ~1.5 us per request on a route with one no-op plugin)
+            ctx.ex = None
 
     def abort(self) -> None:
         """The client connection is gone: drop the upstream side, log what we know."""

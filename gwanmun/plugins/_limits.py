@@ -1,5 +1,4 @@
-"""What ``rate-limiting`` and ``limit-conn`` share: whom a request counts for (``limit_by``), a limit's stable id, and
-appending response fields cheaply.
+"""What ``rate-limiting`` and ``limit-conn`` share: whom a request counts for (``limit_by``), and a limit's stable id.
 
 **Identity** (Kong's rate-limiting ``limit_by``; each falls back to the client IP when the request has no such
 identity, as Kong's does): ``consumer`` (the consumer's id, else the credential's), ``credential``, ``ip``
@@ -22,7 +21,7 @@ from typing import Any, Callable
 
 import orjson
 
-from .base import Ctx, Headers
+from .base import Ctx
 
 LIMIT_BY = ("consumer", "credential", "ip", "service", "header", "path", "consumer-group")
 
@@ -114,12 +113,3 @@ def stable_id(name: str, scope: tuple, fields: dict) -> str:
     """A short id for (plugin name, scope, counted fields): the same in every worker, node and config version."""
     raw = orjson.dumps([name, list(scope), fields], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(raw).hexdigest()[:20]
-
-
-def emit(headers: Headers, pairs: list[tuple[bytes, bytes]]) -> None:
-    """Append response fields (wire form, names known to be valid tokens, values built from numbers and names)."""
-    if getattr(headers, "_names", True) is None:  # no name index built yet: the list is the whole truth
-        headers.fields.extend(pairs)
-        return
-    for n, v in pairs:
-        headers.add(n.decode("latin-1"), v.decode("latin-1"))

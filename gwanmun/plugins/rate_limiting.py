@@ -5,8 +5,8 @@ For each request, the key (``limit_by``, see ``_limits``) is counted against eve
 ``year``) in one atomic step: admitted only if every period has room, and then counted in every period. Refused:
 ``error_code`` (429) with a JSON ``{"message": error_message, "request_id": ...}`` body and ``Retry-After``.
 
-The local policy's ``access`` is synchronous (a few microseconds in shared memory, no task); the redis policy's is a
-coroutine (one Redis round trip). Response fields (unless ``hide_client_headers``), set in ``header_filter`` from the
+The local policy's ``access`` is synchronous (about a microsecond in shared memory, no task; compiled, in
+``gwanmun.ratelimit.local``); the redis policy's is a coroutine (one Redis round trip). Response fields (unless ``hide_client_headers``), set in ``header_filter`` from the
 decision the access phase left in ``ctx.shared``:
 
 - ``RateLimit-Policy: "minute";q=100;w=60`` and ``RateLimit: "minute";r=99;t=42`` (IETF httpapi draft: one item per
@@ -30,19 +30,19 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gwanmun.observability.metrics import ratelimit as count_decision  # gwanmun_ratelimit_decisions_total
-from gwanmun.plugins._limits import LIMIT_BY, emit, identity, scope_of, stable_id
+from gwanmun.plugins._limits import LIMIT_BY, identity, scope_of, stable_id
 from gwanmun.plugins._traffic import Record, check_header_name
 from gwanmun.plugins.base import BuildEnv, Ctx, Plugin, Reply, Response
-from gwanmun.ratelimit import algorithms, shared, stats
+from gwanmun.ratelimit import algorithms, stats
+from gwanmun.ratelimit.local import SHARED_KEY, LocalCheck
 from gwanmun.ratelimit.periods import NOMINAL, ORDER, Period
 from gwanmun.ratelimit.redis_store import RedisSettings, StoreUnavailable, store  # redis-py is imported on first use
 
 log = logging.getLogger("gwanmun")
 
-SHARED_KEY = "rate-limiting"  # ctx.shared: (plugin, [(remaining, reset), ...]) of an admitted request
 LOG_EVERY = 10.0  # seconds between two log lines about a failing store (per plugin)
 FAILED = "An unexpected error occurred"
-_SALTS = {name: (0x9E3779B97F4A7C15 * (i + 1)) & 0x3FFFFFFFFFFFFFFF for i, name in enumerate(ORDER)}
+_SALTS = {name: (0x9E3779B97F4A7C15 * (i + 1)) & 0x0FFFFFFFFFFFFFFF for i, name in enumerate(ORDER)}  # 60 bits
 _REDIS_SHORTHANDS = ("host", "port", "password", "username", "ssl", "ssl_verify", "server_name", "timeout",
                      "database")
 
@@ -157,7 +157,6 @@ class RateLimiting(Plugin):
                         "algorithm": config.algorithm}
         self.lid: str | None = None  # stable_id(), known at the first request
         self.lhash = 0  # hash(lid): the local store's key prefix
-        self.table: shared.Table | None = None
         self.redis: Any = None
         self.last_log = 0.0
         self.unlogged = 0
@@ -167,10 +166,20 @@ class RateLimiting(Plugin):
         self.static += [(b"X-RateLimit-Limit-" + p.name.title().encode(), _num(p.limit)) for p in self.periods]
         self.per = [(b"X-RateLimit-Remaining-" + p.name.title().encode(), b'"' + p.name.encode() + b'";r=%d;t=%d',
                      _num(p.limit), NOMINAL[p.name]) for p in self.periods]
+        # one period (the usual case): the whole block of response lines is one %-format of (r, r, t, r, t)
+        p0 = self.per[0]
+        self.template = (b"".join(b"%b: %b\r\n" % f for f in self.static).replace(b"%", b"%%") + p0[0] + b": %d\r\n"
+                         + b"RateLimit: " + p0[1] + b"\r\nRateLimit-Limit: " + p0[2].replace(b"%", b"%%")
+                         + b"\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n")
         if config.hide_client_headers:
             self.header_filter = None  # type: ignore[assignment]  # not in the chain at all
         if config.policy == "local":
-            self.access = self.access_local  # type: ignore[method-assign]
+            # the per-request work is compiled (ratelimit/local.py): the chain calls its bound methods directly
+            check = LocalCheck(self, self.periods, self.step, self.identify, config.limit_by == "ip", self.template,
+                               self.name)
+            self.access = check.access  # type: ignore[method-assign]
+            if not config.hide_client_headers:
+                self.header_filter = check.header_filter  # type: ignore[method-assign]
         else:
             r = config.redis
             self.redis = store(RedisSettings(r.host or "", r.port, r.database, r.username, r.password, r.ssl,
@@ -187,24 +196,6 @@ class RateLimiting(Plugin):
         self.lhash = hash(self.lid)
 
     # -- access ---------------------------------------------------------------------------------------------------
-    def access_local(self, ctx: Ctx) -> Reply | None:
-        table = self.table
-        if table is None:  # this instance's first request in this process
-            if self.lid is None:
-                self._resolve(ctx)
-            table = self.table = shared.table()
-        res = table.hit(self.lhash ^ hash(self.identify(ctx)), self.step, self.periods, time())
-        if res is None:  # the table's lock is stuck: let the request through
-            stats["local_failures"] += 1
-            count_decision(ctx, "error", self.name)
-            return None
-        if res[0]:
-            ctx.shared[SHARED_KEY] = (self, res[2])
-            count_decision(ctx, "allowed", self.name)
-            return None
-        count_decision(ctx, "rejected", self.name)
-        return self._refuse(res[1], res[2])
-
     async def access_redis(self, ctx: Ctx) -> Reply | None:
         if self.lid is None:
             self._resolve(ctx)
@@ -254,7 +245,16 @@ class RateLimiting(Plugin):
         decision = ctx.shared.get(SHARED_KEY)
         if decision is not None:
             plugin, results = decision  # the instance that counted it (a consumer's chain may differ)
-            emit(resp.headers, plugin.fields(results))
+            resp.headers.append_lines(plugin.block(results))
+
+    def block(self, results: list) -> bytes:
+        """The response fields for a decision, as finished lines."""
+        if len(results) == 1:
+            rem, reset = results[0]
+            r = int(rem) if rem > 0 else 0
+            t = ceil(reset) if reset > 1 else 1
+            return self.template % (r, r, t, r, t)
+        return b"".join(b"%b: %b\r\n" % f for f in self.fields(results))
 
     def fields(self, results: list) -> list[tuple[bytes, bytes]]:
         """The response fields for a decision: [(remaining, reset)] per period."""

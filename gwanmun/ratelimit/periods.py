@@ -58,8 +58,6 @@ def calendar_window(kind: float, now: float) -> tuple[float, float, float]:
 class Period:
     """One configured limit: a period name, its limit, and how to find its window at a time."""
 
-    __slots__ = ("name", "limit", "kind", "size", "salt", "_cal")
-
     def __init__(self, name: str, limit: float, salt: int = 0) -> None:
         self.name = name
         self.limit = float(limit)

@@ -37,6 +37,8 @@ import threading
 from typing import Any, Callable
 
 from . import stats
+from .algorithms import fixed, gcra, sliding
+from .periods import Period
 
 log = logging.getLogger("gwanmun")
 
@@ -48,6 +50,7 @@ DEFAULT_SLOTS = int(os.environ.get("GWANMUN_RATELIMIT_SLOTS", 1 << 17))  # 8 MiB
 DEFAULT_CONN_SLOTS = int(os.environ.get("GWANMUN_LIMIT_CONN_SLOTS", 1 << 14))
 DEFAULT_STRIPES = 16
 FRESH = -1.0  # ``w`` of a fresh counter
+HASH_MASK = (1 << 60) - 1  # key hashes and tags fit a machine word (compiled: no big-integer arithmetic)
 
 PID = os.getpid()
 _shared: Table | None = None  # made by create() before the workers are forked
@@ -131,7 +134,11 @@ class Table:
     def hit(self, h: int, step: Callable, periods: tuple, now: float) -> tuple[bool, float, list] | None:
         """Count one request of key hash ``h`` against every period (``periods.Period``), with ``step`` (an
         ``algorithms`` function). Returns ``(admitted, retry_after, [(remaining, reset), ...])``, or None when the
-        table could not be locked (the caller lets the request through)."""
+        table could not be locked (the caller lets the request through).
+
+        Compiled (setup.py): hashes are cut to 60 bits so that every operation stays on machine integers, and the
+        three algorithms are called directly (native calls, unboxed floats) rather than through ``step``."""
+        h &= HASH_MASK
         stripe = h & self.smask
         lock = self.locks[stripe]
         if not lock.acquire(False) and not lock.acquire(True, LOCK_WAIT) and not self._stuck(stripe):
@@ -140,10 +147,10 @@ class Table:
             q = self.q
             d = self.d
             q[stripe] = PID
-            base = self.bases[stripe]
+            base: int = self.bases[stripe]
             mask = self.mask
             if len(periods) == 1:  # the common case, without lists
-                p = periods[0]
+                p: Period = periods[0]
                 tag = (h ^ p.salt) or 1
                 o = base + ((tag >> 20) & mask) * WORDS
                 if q[o] != tag:
@@ -151,12 +158,18 @@ class Table:
                 size = p.size
                 if size:
                     idx = now // size
-                    ok, w, a, b, exp, rem, reset, retry = step(d[o + 2], d[o + 3], d[o + 4], now, idx, idx * size,
-                                                               size, p.limit)
+                    start = idx * size
                 else:
                     idx, start, size = p.window(now)
-                    ok, w, a, b, exp, rem, reset, retry = step(d[o + 2], d[o + 3], d[o + 4], now, idx, start, size,
-                                                               p.limit)
+                w, a, b = d[o + 2], d[o + 3], d[o + 4]
+                if step is sliding:
+                    ok, w, a, b, exp, rem, reset, retry = sliding(w, a, b, now, idx, start, size, p.limit)
+                elif step is fixed:
+                    ok, w, a, b, exp, rem, reset, retry = fixed(w, a, b, now, idx, start, size, p.limit)
+                elif step is gcra:
+                    ok, w, a, b, exp, rem, reset, retry = gcra(w, a, b, now, idx, start, size, p.limit)
+                else:
+                    ok, w, a, b, exp, rem, reset, retry = step(w, a, b, now, idx, start, size, p.limit)
                 if ok:
                     d[o + 1] = exp
                     d[o + 2] = w
@@ -228,6 +241,7 @@ class Table:
 
     def peek(self, h: int, salt: int) -> tuple[float, float, float, float] | None:
         """(expires, w, a, b) of a counter, or None (tests, debugging)."""
+        h &= HASH_MASK
         tag = (h ^ salt) or 1
         stripe = h & self.smask
         base = self.rate + stripe * self.per * WORDS
