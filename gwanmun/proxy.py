@@ -51,6 +51,7 @@ from .http.wire import (
 )
 from .http.normalize import split_target
 from .plugins.base import Ctx, Headers, Reply, Response
+from .plugins.context import _lines
 from .http.validate import check_request_head
 from .routing.paths import upstream_path
 from .upstream.balancer import Balancer
@@ -543,7 +544,7 @@ class Exchange:
             fields = [(n, v) for n, v in fields if table.get(n.lower(), F_FORWARD) != F_IDENTITY]
         self.chain = chain
         self.ctx = Ctx(self, self.method, self.path, self.query, Headers(fields), self.client_ip, self.route,
-                       self.service, self.request_id, self.down.worker.loop.time())
+                       self.service, self.request_id, self.t0)
         self._access_next()
 
     def _access_next(self) -> None:
@@ -615,7 +616,7 @@ class Exchange:
             self.query = ctx.query
         if ctx.upstream_path is not None:
             self.up_override = ctx.upstream_path.encode("latin-1")  # the whole upstream path, as Kong's set_path
-        shared = ctx.shared
+        shared = ctx._shared
         if shared:
             method = shared.get("method")
             if method:
@@ -716,6 +717,8 @@ class Exchange:
         plugins' header filters; ``fields`` exclude Content-Length, Connection and the request id."""
         ctx = self.ctx
         chain = self.chain
+        if ctx is not None and ctx.response_lines and not self.in_reply:  # what the access phase added
+            fields = fields + [(n, v) for n, v in _lines(ctx.response_lines)]
         if ctx is not None and chain is not None and chain.header_filter and not self.in_reply:
             self.in_reply = True
             resp = Response(status, Headers(fields), from_gateway=True)
@@ -751,6 +754,8 @@ class Exchange:
         resp = Response(status, Headers(None, lines))
         ctx: Ctx = self.ctx
         ctx.response = resp
+        if ctx.response_lines:
+            resp.headers.append_lines(ctx.response_lines)
         for handler in self.chain.header_filter:
             try:
                 handler(ctx, resp)
@@ -1536,10 +1541,15 @@ class Exchange:
             if self._fallback(FB_RETRIES_EXHAUSTED):
                 return
         chain = self.chain
-        if chain is not None and (chain.header_filter or chain.buffers_response):
-            status, lines = self._response_filters(status, lines)
-            self.status = status
-            fields = b"".join(lines)
+        if chain is not None:
+            if chain.header_filter or chain.buffers_response:
+                status, lines = self._response_filters(status, lines)
+                self.status = status
+                fields = b"".join(lines)
+            else:
+                ctx: Ctx = self.ctx
+                if ctx.response_lines:  # fields the access phase added (plugins.context.Ctx.add_response_lines)
+                    fields += ctx.response_lines
 
         if self.method == "HEAD" or status == 204 or status == 304:
             mode = _NONE

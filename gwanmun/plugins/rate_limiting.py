@@ -6,8 +6,9 @@ For each request, the key (``limit_by``, see ``_limits``) is counted against eve
 ``error_code`` (429) with a JSON ``{"message": error_message, "request_id": ...}`` body and ``Retry-After``.
 
 The local policy's ``access`` is synchronous (about a microsecond in shared memory, no task; compiled, in
-``gwanmun.ratelimit.local``); the redis policy's is a coroutine (one Redis round trip). Response fields (unless ``hide_client_headers``), set in ``header_filter`` from the
-decision the access phase left in ``ctx.shared``:
+``gwanmun.ratelimit.local``); the redis policy's is a coroutine (one Redis round trip). The response fields (unless
+``hide_client_headers``) are known once the request is counted, so access gives them with ``ctx.add_response_lines``
+(no header_filter phase); they are on whatever the client gets, the upstream's response or a gateway error:
 
 - ``RateLimit-Policy: "minute";q=100;w=60`` and ``RateLimit: "minute";r=99;t=42`` (IETF httpapi draft: one item per
   period; ``q`` quota, ``w`` window seconds, ``r`` remaining, ``t`` seconds until the quota is whole again);
@@ -32,9 +33,9 @@ from pydantic import Field, field_validator, model_validator
 from gwanmun.observability.metrics import ratelimit as count_decision  # gwanmun_ratelimit_decisions_total
 from gwanmun.plugins._limits import LIMIT_BY, identity, scope_of, stable_id
 from gwanmun.plugins._traffic import Record, check_header_name
-from gwanmun.plugins.base import BuildEnv, Ctx, Plugin, Reply, Response
+from gwanmun.plugins.base import BuildEnv, Ctx, Plugin, Reply
 from gwanmun.ratelimit import algorithms, stats
-from gwanmun.ratelimit.local import SHARED_KEY, LocalCheck
+from gwanmun.ratelimit.local import LocalCheck
 from gwanmun.ratelimit.periods import NOMINAL, ORDER, Period
 from gwanmun.ratelimit.redis_store import RedisSettings, StoreUnavailable, store  # redis-py is imported on first use
 
@@ -171,15 +172,11 @@ class RateLimiting(Plugin):
         self.template = (b"".join(b"%b: %b\r\n" % f for f in self.static).replace(b"%", b"%%") + p0[0] + b": %d\r\n"
                          + b"RateLimit: " + p0[1] + b"\r\nRateLimit-Limit: " + p0[2].replace(b"%", b"%%")
                          + b"\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n")
-        if config.hide_client_headers:
-            self.header_filter = None  # type: ignore[assignment]  # not in the chain at all
         if config.policy == "local":
             # the per-request work is compiled (ratelimit/local.py): the chain calls its bound methods directly
             check = LocalCheck(self, self.periods, self.step, self.identify, config.limit_by == "ip", self.template,
-                               self.name)
+                               self.name, not config.hide_client_headers)
             self.access = check.access  # type: ignore[method-assign]
-            if not config.hide_client_headers:
-                self.header_filter = check.header_filter  # type: ignore[method-assign]
         else:
             r = config.redis
             self.redis = store(RedisSettings(r.host or "", r.port, r.database, r.username, r.password, r.ssl,
@@ -210,7 +207,8 @@ class RateLimiting(Plugin):
             count_decision(ctx, "error", self.name)
             return self._unavailable(str(exc))
         if ok:
-            ctx.shared[SHARED_KEY] = (self, results)
+            if not self.config.hide_client_headers:
+                ctx.add_response_lines(self.block(results))
             count_decision(ctx, "allowed", self.name)
             return None
         count_decision(ctx, "rejected", self.name)
@@ -241,12 +239,6 @@ class RateLimiting(Plugin):
         return Reply.error_(500, FAILED)
 
     # -- response -------------------------------------------------------------------------------------------------
-    def header_filter(self, ctx: Ctx, resp: Response) -> None:
-        decision = ctx.shared.get(SHARED_KEY)
-        if decision is not None:
-            plugin, results = decision  # the instance that counted it (a consumer's chain may differ)
-            resp.headers.append_lines(plugin.block(results))
-
     def block(self, results: list) -> bytes:
         """The response fields for a decision, as finished lines."""
         if len(results) == 1:

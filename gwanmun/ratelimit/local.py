@@ -2,8 +2,8 @@
 
 Compiled with mypyc with the proxy (setup.py), because it runs for every request of a limited route and the issue's
 bar is 10% of a request's cost: the plugin (``gwanmun.plugins.rate_limiting``, pure Python, with its pydantic
-config) builds one ``LocalCheck`` and hands the chain its bound ``access`` and ``header_filter``, so the proxy calls
-compiled code directly. Rare paths (the first request's id resolution, a refusal) go back to the plugin.
+config) builds one ``LocalCheck`` and hands the chain its bound ``access``, so the proxy calls compiled code directly.
+The response fields are known at access time and given with ``Ctx.add_response_lines`` (no header_filter phase). Rare paths (the first request's id resolution, a refusal) go back to the plugin.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from time import time
 from typing import Any, Callable
 
 from gwanmun.observability import metrics
-from gwanmun.plugins.context import Ctx, Reply, Response
+from gwanmun.plugins.context import Ctx, Reply
 
 from . import shared, stats
 from .periods import Period
 
-SHARED_KEY = "rate-limiting"  # ctx.shared: (the check that counted it, [(remaining, reset), ...])
 
 
 def _name(entity: Any) -> str:
@@ -31,7 +30,7 @@ class LocalCheck:
     """One plugin instance's counting against the node's shared table (``shared.table()``)."""
 
     def __init__(self, plugin: Any, periods: tuple[Period, ...], step: Callable[..., Any],
-                 identify: Callable[[Ctx], str], by_ip: bool, template: bytes, name: str) -> None:
+                 identify: Callable[[Ctx], str], by_ip: bool, template: bytes, name: str, emit: bool) -> None:
         self.plugin = plugin  # the RateLimiting that built it: its stable id, refusals, multi-period fields
         self.periods = periods
         self.step = step
@@ -40,6 +39,7 @@ class LocalCheck:
         self.template = template  # one period's response lines, a %-format of (r, r, t, r, t)
         self.one = len(periods) == 1
         self.name = name
+        self.emit = emit  # not hide_client_headers
         self.table: shared.Table | None = None
         self.lhash = 0
         self.route: Any = None  # the last request's route and service, and their names (metrics)
@@ -61,7 +61,8 @@ class LocalCheck:
             self._count(ctx, "error")
             return None
         if res[0]:
-            ctx.shared[SHARED_KEY] = (self, res[2])
+            if self.emit:  # the response fields, now: no header_filter phase (Ctx.add_response_lines)
+                ctx.response_lines += self.block(res[2])
             self._count(ctx, "allowed")
             return None
         self._count(ctx, "rejected")
@@ -80,12 +81,6 @@ class LocalCheck:
             self.route, self.service = route, service
             self.names = (_name(service), _name(route))
         rec.ratelimit(self.name, self.names[0], self.names[1], decision)
-
-    def header_filter(self, ctx: Ctx, resp: Response) -> None:
-        decision = ctx.shared.get(SHARED_KEY)
-        if decision is not None:
-            owner, results = decision  # the check that counted it (a consumer's chain may have another)
-            resp.headers.append_lines(owner.block(results))
 
     def block(self, results: list[tuple[float, float]]) -> bytes:
         """The response fields for a decision, as finished lines."""
