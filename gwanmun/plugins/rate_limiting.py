@@ -167,15 +167,16 @@ class RateLimiting(Plugin):
         self.static += [(b"X-RateLimit-Limit-" + p.name.title().encode(), _num(p.limit)) for p in self.periods]
         self.per = [(b"X-RateLimit-Remaining-" + p.name.title().encode(), b'"' + p.name.encode() + b'";r=%d;t=%d',
                      _num(p.limit), NOMINAL[p.name]) for p in self.periods]
-        # one period (the usual case): the whole block of response lines is one %-format of (r, r, t, r, t)
+        # one period (the usual case): what its response lines hold that never changes (see LocalCheck.block)
         p0 = self.per[0]
-        self.template = (b"".join(b"%b: %b\r\n" % f for f in self.static).replace(b"%", b"%%") + p0[0] + b": %d\r\n"
-                         + b"RateLimit: " + p0[1] + b"\r\nRateLimit-Limit: " + p0[2].replace(b"%", b"%%")
-                         + b"\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n")
+        self.head = b"".join(b"%b: %b\r\n" % f for f in self.static) + p0[0] + b": "
+        self.item = b'"%s"' % self.periods[0].name.encode()
+        self.limit0 = p0[2]
         if config.policy == "local":
             # the per-request work is compiled (ratelimit/local.py): the chain calls its bound methods directly
-            check = LocalCheck(self, self.periods, self.step, self.identify, config.limit_by == "ip", self.template,
-                               self.name, not config.hide_client_headers)
+            check = LocalCheck(self, self.periods, self.step, self.identify, config.limit_by == "ip", self.head,
+                               self.item, self.limit0, self.name,
+                               not config.hide_client_headers)
             self.access = check.access  # type: ignore[method-assign]
         else:
             r = config.redis
@@ -245,7 +246,8 @@ class RateLimiting(Plugin):
             rem, reset = results[0]
             r = int(rem) if rem > 0 else 0
             t = ceil(reset) if reset > 1 else 1
-            return self.template % (r, r, t, r, t)
+            return b"%b%d\r\nRateLimit: %b;r=%d;t=%d\r\nRateLimit-Limit: %b\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
+                self.head, r, self.item, r, t, self.limit0, r, t)
         return b"".join(b"%b: %b\r\n" % f for f in self.fields(results))
 
     def fields(self, results: list) -> list[tuple[bytes, bytes]]:

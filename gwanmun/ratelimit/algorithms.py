@@ -22,6 +22,7 @@ request would be admitted (``Retry-After``).
 from __future__ import annotations
 
 from math import floor
+from typing import Final
 
 Step = tuple[bool, float, float, float, float, float, float, float]
 EPS = 1e-3  # in emission intervals: absorbs float rounding of accumulated arrival times, far below one request
@@ -72,3 +73,7 @@ def gcra(w: float, a: float, b: float, now: float, idx: float, start: float, siz
 
 
 ALGORITHMS = {"fixed": fixed, "sliding": sliding, "gcra": gcra}
+FIXED: Final = 0
+SLIDING: Final = 1
+GCRA: Final = 2
+CODES: Final = {"fixed": FIXED, "sliding": SLIDING, "gcra": GCRA}  # for shared.Table.hit1

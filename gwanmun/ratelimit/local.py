@@ -13,9 +13,12 @@ from time import time
 from typing import Any, Callable
 
 from gwanmun.observability import metrics
+from gwanmun.observability.recorder import Recorder
 from gwanmun.plugins.context import Ctx, Reply
 
 from . import shared, stats
+from .algorithms import CODES, fixed, gcra, sliding
+from .shared import HASH_MASK
 from .periods import Period
 
 
@@ -30,14 +33,23 @@ class LocalCheck:
     """One plugin instance's counting against the node's shared table (``shared.table()``)."""
 
     def __init__(self, plugin: Any, periods: tuple[Period, ...], step: Callable[..., Any],
-                 identify: Callable[[Ctx], str], by_ip: bool, template: bytes, name: str, emit: bool) -> None:
+                 identify: Callable[[Ctx], str], by_ip: bool, head: bytes, item: bytes, limit: bytes, name: str,
+                 emit: bool) -> None:
         self.plugin = plugin  # the RateLimiting that built it: its stable id, refusals, multi-period fields
         self.periods = periods
         self.step = step
         self.identify = identify
         self.by_ip = by_ip  # limit_by ip: the key is ctx.client_ip, read directly
-        self.template = template  # one period's response lines, a %-format of (r, r, t, r, t)
+        # one period's response lines: the fixed ones up to "X-RateLimit-Remaining-<Period>: ", the period's item
+        # name in RateLimit ('"minute"') and its limit
+        self.head = head
+        self.item = item
+        self.limit = limit
         self.one = len(periods) == 1
+        self.period = periods[0]
+        self.alg = CODES.get(getattr(step, "__name__", ""), -1) if step in (fixed, sliding, gcra) else -1
+        if self.alg < 0:
+            self.one = False  # another step function (tests): the generic path
         self.name = name
         self.emit = emit  # not hide_client_headers
         self.table: shared.Table | None = None
@@ -52,27 +64,46 @@ class LocalCheck:
             plugin = self.plugin
             if plugin.lid is None:
                 plugin._resolve(ctx)
-            self.lhash = plugin.lhash
+            self.lhash = plugin.lhash & HASH_MASK
             table = self.table = shared.table()
         key = ctx.client_ip if self.by_ip else self.identify(ctx)
-        res = table.hit(self.lhash ^ hash(key), self.step, self.periods, time())
-        if res is None:  # the table's lock is stuck: let the request through
-            stats["local_failures"] += 1
-            self._count(ctx, "error")
-            return None
-        if res[0]:
-            if self.emit:  # the response fields, now: no header_filter phase (Ctx.add_response_lines)
-                ctx.response_lines += self.block(res[2])
-            self._count(ctx, "allowed")
-            return None
+        h = self.lhash ^ (hash(key) & HASH_MASK)
+        if self.one:  # no allocation for the check itself (Table.hit1)
+            status, retry, rem, reset = table.hit1(h, self.alg, self.period, time())
+            if status > 0:
+                if self.emit:  # the response fields, now: no header_filter phase (Ctx.add_response_lines)
+                    ctx.response_lines += self.block1(rem, reset)
+                self._count(ctx, "allowed")
+                return None
+            if status < 0:
+                self._stuck(ctx)
+                return None
+            results = [(rem, reset)]
+        else:
+            res = table.hit(h, self.step, self.periods, time())
+            if res is None:
+                self._stuck(ctx)
+                return None
+            results = res[2]
+            if res[0]:
+                if self.emit:
+                    ctx.response_lines += self.block(results)
+                self._count(ctx, "allowed")
+                return None
+            retry = res[1]
         self._count(ctx, "rejected")
-        refused: Reply = self.plugin._refuse(res[1], res[2])
+        refused: Reply = self.plugin._refuse(retry, results)
         return refused
+
+    def _stuck(self, ctx: Ctx) -> None:
+        """The table's lock is stuck: the request goes through (counted)."""
+        stats["local_failures"] += 1
+        self._count(ctx, "error")
 
     def _count(self, ctx: Ctx, decision: str) -> None:
         """gwanmun_ratelimit_decisions_total (as observability.metrics.ratelimit), with the names of the last route
         and service kept: a plugin mostly sees one route."""
-        rec = metrics._recorder
+        rec: Recorder | None = metrics._recorder
         if rec is None:
             return
         route = ctx.route
@@ -86,8 +117,14 @@ class LocalCheck:
         """The response fields for a decision, as finished lines."""
         if self.one:
             rem, reset = results[0]
-            r = int(rem) if rem > 0 else 0
-            t = ceil(reset) if reset > 1 else 1
-            return self.template % (r, r, t, r, t)
+            return self.block1(rem, reset)
         out: bytes = self.plugin.block(results)
         return out
+
+    def block1(self, rem: float, reset: float) -> bytes:
+        """``block`` for one period."""
+        r = int(rem) if rem > 0 else 0
+        t = ceil(reset) if reset > 1 else 1
+        # a literal format: compiled, one sized concatenation (a format held in a variable is parsed on every call)
+        return b"%b%d\r\nRateLimit: %b;r=%d;t=%d\r\nRateLimit-Limit: %b\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
+            self.head, r, self.item, r, t, self.limit, r, t)

@@ -37,7 +37,9 @@ import threading
 from typing import Any, Callable
 
 from . import stats
-from .algorithms import fixed, gcra, sliding
+from math import floor
+
+from .algorithms import FIXED, SLIDING, fixed, gcra, sliding
 from .periods import Period
 
 log = logging.getLogger("gwanmun")
@@ -103,6 +105,7 @@ class Table:
         self.locks: list[Any] = [ctx.Lock() if shared else threading.Lock() for _ in range(stripes)]
         self.meta: Any = ctx.Lock() if shared else threading.Lock()  # position claims, lock recovery
         self.position = -1  # this process's position (in-flight shares)
+        self.pid = PID  # this process's (lock holders); set again in a forked child
         self.claimed = False
 
     # -- locks ------------------------------------------------------------------------------------------------------
@@ -203,6 +206,50 @@ class Table:
                 return True, 0.0, [(r[5], r[6]) for r in out]
             # refused: nothing is counted; the periods that would have admitted it keep this request's unit
             return False, retry, [(r[5] + 1.0 if r[0] else r[5], r[6]) for r in out]
+        finally:
+            lock.release()
+
+    def hit1(self, h: int, alg: int, p: Period, now: float) -> tuple[int, float, float, float]:
+        """``hit`` for one period with an algorithm by number (``algorithms.CODES``), returning only machine values:
+        ``(1 admitted | 0 refused | -1 not locked, retry_after, remaining, reset)``. Compiled, a call from compiled
+        code allocates nothing for its arguments or its result: this is the local policy's per-request path."""
+        h &= HASH_MASK
+        stripe = h & self.smask
+        lock = self.locks[stripe]
+        if not lock.acquire(False) and not lock.acquire(True, LOCK_WAIT) and not self._stuck(stripe):
+            return -1, 0.0, 0.0, 0.0
+        try:
+            q = self.q
+            d = self.d
+            q[stripe] = self.pid
+            base: int = self.bases[stripe]
+            mask = self.mask
+            tag = (h ^ p.salt) or 1
+            o = base + ((tag >> 20) & mask) * WORDS
+            if q[o] != tag:
+                o = self._probe(base, mask, (tag >> 20) & mask, tag, now)
+            size = p.size
+            if size:
+                idx = float(floor(now / size))  # now > 0: as now // size, without fmod
+                start = idx * size
+            else:
+                idx, start, size = p.window(now)
+            if alg == SLIDING:
+                ok, w, a, b, exp, rem, reset, retry = sliding(d[o + 2], d[o + 3], d[o + 4], now, idx, start, size,
+                                                              p.limit)
+            elif alg == FIXED:
+                ok, w, a, b, exp, rem, reset, retry = fixed(d[o + 2], d[o + 3], d[o + 4], now, idx, start, size,
+                                                            p.limit)
+            else:
+                ok, w, a, b, exp, rem, reset, retry = gcra(d[o + 2], d[o + 3], d[o + 4], now, idx, start, size,
+                                                           p.limit)
+            if ok:
+                d[o + 1] = exp
+                d[o + 2] = w
+                d[o + 3] = a
+                d[o + 4] = b
+                return 1, retry, rem, reset
+            return 0, retry, rem, reset
         finally:
             lock.release()
 
@@ -414,7 +461,10 @@ def table() -> Table:
 def _after_fork() -> None:
     global PID
     PID = os.getpid()
+    if _private is not None:
+        _private.pid = PID
     if _shared is not None:
+        _shared.pid = PID
         _shared.position = -1
         _shared.claimed = False
         _shared.claim()  # now, so a crashed predecessor's in-flight shares are given back before this one serves
