@@ -7,7 +7,7 @@ Every worker inherits both, so they all read and write the same counters. A proc
 test, the in-process bench, an embedding) gets a private table on first use (``table()``), with thread locks.
 
 **Rate-limit counters.** A fixed-size open-addressing hash table of 64-byte slots ``[tag, expires, w, a, b, -, -, -]``
-(``algorithms`` says what ``w, a, b`` hold). A counter's tag is a 64-bit hash of (limit id, key) mixed with the
+(``algorithms`` says what ``w, a, b`` hold). A counter's tag is a 60-bit hash of (limit id, key) mixed with the
 period's salt; the table is split into ``stripes`` (by the low bits of the key hash), each with its own lock, so all
 the periods of one key live in one stripe and one lock covers a whole check: read every period, decide, write every
 period, release. A key probes up to ``PROBES`` slots from its home position and takes, in order of preference, its
