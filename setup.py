@@ -31,6 +31,7 @@ HOT_MODULES = [
     "gwanmun/resilience/fallback.py",
     "gwanmun/resilience/registry.py",
     "gwanmun/plugins/context.py",
+    "gwanmun/plugins/chain.py",
     "gwanmun/ratelimit/algorithms.py",
     "gwanmun/ratelimit/periods.py",
     "gwanmun/ratelimit/shared.py",

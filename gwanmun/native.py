@@ -27,6 +27,7 @@ HOT_MODULES = (
     "gwanmun.resilience.fallback",
     "gwanmun.resilience.registry",
     "gwanmun.plugins.context",
+    "gwanmun.plugins.chain",
     "gwanmun.ratelimit.algorithms",
     "gwanmun.ratelimit.periods",
     "gwanmun.ratelimit.shared",

@@ -51,6 +51,7 @@ from .http.wire import (
 )
 from .http.normalize import split_target
 from .plugins.base import Ctx, Headers, Reply, Response
+from .plugins.chain import Chain
 from .plugins.context import _lines
 from .http.validate import check_request_head
 from .routing.paths import upstream_path
@@ -551,7 +552,7 @@ class Exchange:
         """Run access handlers from ``ai`` on until one answers, one must wait, or all are done."""
         ctx: Ctx = self.ctx
         while True:
-            chain = self.chain
+            chain: Chain = self.chain
             handlers = chain.access
             i = self.ai
             if i >= len(handlers):
@@ -1540,8 +1541,8 @@ class Exchange:
                 return
             if self._fallback(FB_RETRIES_EXHAUSTED):
                 return
-        chain = self.chain
-        if chain is not None:
+        if self.chain is not None:
+            chain: Chain = self.chain
             if chain.header_filter or chain.buffers_response:
                 status, lines = self._response_filters(status, lines)
                 self.status = status
@@ -1796,14 +1797,16 @@ class Exchange:
         worker = self.down.worker
         if not self.t_up_end and self.t_up:
             self.t_up_end = perf_counter()
-        if self.chain is not None and self.chain.log:
-            self._run_log_phase()
+        if self.chain is not None:
+            chain: Chain = self.chain
+            if chain.log:
+                self._run_log_phase()
         worker.access_log.write(self)
         recorder: Recorder = self.recorder if self.recorder is not None else worker.recorder
         recorder.record(self)  # metrics, top talkers, the trace span (observability/recorder.py)
         self.down.exchange_done(self)
-        ctx = self.ctx
-        if ctx is not None:
+        if self.ctx is not None:
+            ctx: Ctx = self.ctx
             # Exchange.ctx and Ctx.ex are a reference cycle: broken here, the pair is freed at once rather than by
             # the cyclic GC (measured: collections cost ~1.5 us per request on a route with one no-op plugin)
             ctx.ex = None

@@ -54,9 +54,12 @@ class LocalCheck:
         self.emit = emit  # not hide_client_headers
         self.table: shared.Table | None = None
         self.lhash = 0
-        self.route: Any = None  # the last request's route and service, and their names (metrics)
+        # metrics (_allowed): the last admitted request's route, service and recorder, and their counter cell
+        self.route: Any = None
         self.service: Any = None
+        self.rec: Recorder | None = None
         self.names = ("", "")
+        self.cell: list[int] = [0]
 
     def access(self, ctx: Ctx) -> Reply | None:
         table = self.table
@@ -72,8 +75,12 @@ class LocalCheck:
             status, retry, rem, reset = table.hit1(h, self.alg, self.period, time())
             if status > 0:
                 if self.emit:  # the response fields, now: no header_filter phase (Ctx.add_response_lines)
-                    ctx.response_lines += self.block1(rem, reset)
-                self._count(ctx, "allowed")
+                    block = self.block1(rem, reset)
+                    if ctx.response_lines:
+                        ctx.response_lines += block
+                    else:
+                        ctx.response_lines = block
+                self._allowed(ctx)
                 return None
             if status < 0:
                 self._stuck(ctx)
@@ -100,18 +107,25 @@ class LocalCheck:
         stats["local_failures"] += 1
         self._count(ctx, "error")
 
-    def _count(self, ctx: Ctx, decision: str) -> None:
-        """gwanmun_ratelimit_decisions_total (as observability.metrics.ratelimit), with the names of the last route
-        and service kept: a plugin mostly sees one route."""
+    def _allowed(self, ctx: Ctx) -> None:
+        """Count an admitted request: ``_count`` with the counter cell of the last route and service kept."""
         rec: Recorder | None = metrics._recorder
         if rec is None:
             return
         route = ctx.route
         service = ctx.service
-        if route is not self.route or service is not self.service:
-            self.route, self.service = route, service
+        if route is not self.route or service is not self.service or rec is not self.rec:
+            self.route, self.service, self.rec = route, service, rec
             self.names = (_name(service), _name(route))
-        rec.ratelimit(self.name, self.names[0], self.names[1], decision)
+            self.cell = rec.ratelimit_cell(self.name, self.names[0], self.names[1], "allowed")
+        self.cell[0] += 1
+
+    def _count(self, ctx: Ctx, decision: str) -> None:
+        """gwanmun_ratelimit_decisions_total (as observability.metrics.ratelimit)."""
+        rec: Recorder | None = metrics._recorder
+        if rec is None:
+            return
+        rec.ratelimit(self.name, _name(ctx.service), _name(ctx.route), decision)
 
     def block(self, results: list[tuple[float, float]]) -> bytes:
         """The response fields for a decision, as finished lines."""
@@ -123,8 +137,9 @@ class LocalCheck:
 
     def block1(self, rem: float, reset: float) -> bytes:
         """``block`` for one period."""
-        r = int(rem) if rem > 0 else 0
-        t = ceil(reset) if reset > 1 else 1
-        # a literal format: compiled, one sized concatenation (a format held in a variable is parsed on every call)
-        return b"%b%d\r\nRateLimit: %b;r=%d;t=%d\r\nRateLimit-Limit: %b\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
-            self.head, r, self.item, r, t, self.limit, r, t)
+        rb = b"%d" % (int(rem) if rem > 0 else 0)
+        tb = b"%d" % (ceil(reset) if reset > 1 else 1)
+        # a literal format of bytes: compiled, one sized concatenation (a format held in a variable would be parsed
+        # on every call, and each %d is a conversion)
+        return b"%b%b\r\nRateLimit: %b;r=%b;t=%b\r\nRateLimit-Limit: %b\r\nRateLimit-Remaining: %b\r\nRateLimit-Reset: %b\r\n" % (
+            self.head, rb, self.item, rb, tb, self.limit, rb, tb)

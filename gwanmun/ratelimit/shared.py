@@ -34,7 +34,7 @@ import mmap
 import multiprocessing
 import os
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from . import stats
 from math import floor
@@ -44,15 +44,15 @@ from .periods import Period
 
 log = logging.getLogger("gwanmun")
 
-WORDS = 8  # 64-bit words per rate-limit slot
-CWORDS = 2  # per in-flight slot
-PROBES = 8
-LOCK_WAIT = 0.5  # seconds
+WORDS: Final = 8  # 64-bit words per rate-limit slot
+CWORDS: Final = 2  # per in-flight slot
+PROBES: Final = 8
+LOCK_WAIT: Final = 0.5  # seconds
 DEFAULT_SLOTS = int(os.environ.get("GWANMUN_RATELIMIT_SLOTS", 1 << 17))  # 8 MiB of address space (64 B each)
 DEFAULT_CONN_SLOTS = int(os.environ.get("GWANMUN_LIMIT_CONN_SLOTS", 1 << 14))
 DEFAULT_STRIPES = 16
-FRESH = -1.0  # ``w`` of a fresh counter
-HASH_MASK = (1 << 60) - 1  # key hashes and tags fit a machine word (compiled: no big-integer arithmetic)
+FRESH: Final = -1.0  # ``w`` of a fresh counter
+HASH_MASK: Final = (1 << 60) - 1  # key hashes and tags fit a machine word (compiled: no big-integer arithmetic)
 
 PID = os.getpid()
 _shared: Table | None = None  # made by create() before the workers are forked
@@ -104,6 +104,9 @@ class Table:
         ctx = multiprocessing.get_context("fork")
         self.locks: list[Any] = [ctx.Lock() if shared else threading.Lock() for _ in range(stripes)]
         self.meta: Any = ctx.Lock() if shared else threading.Lock()  # position claims, lock recovery
+        # the locks' bound methods, made once: a call through a bound method costs less than a method look-up
+        self.tries: list[Callable[[bool], bool]] = [lock.acquire for lock in self.locks]
+        self.releases: list[Callable[[], None]] = [lock.release for lock in self.locks]
         self.position = -1  # this process's position (in-flight shares)
         self.pid = PID  # this process's (lock holders); set again in a forked child
         self.claimed = False
@@ -215,9 +218,10 @@ class Table:
         code allocates nothing for its arguments or its result: this is the local policy's per-request path."""
         h &= HASH_MASK
         stripe = h & self.smask
-        lock = self.locks[stripe]
-        if not lock.acquire(False) and not lock.acquire(True, LOCK_WAIT) and not self._stuck(stripe):
-            return -1, 0.0, 0.0, 0.0
+        if not self.tries[stripe](False):
+            lock = self.locks[stripe]
+            if not lock.acquire(True, LOCK_WAIT) and not self._stuck(stripe):
+                return -1, 0.0, 0.0, 0.0
         try:
             q = self.q
             d = self.d
@@ -234,24 +238,28 @@ class Table:
                 start = idx * size
             else:
                 idx, start, size = p.window(now)
+            w0 = d[o + 2]
+            a0 = d[o + 3]
+            b0 = d[o + 4]
             if alg == SLIDING:
-                ok, w, a, b, exp, rem, reset, retry = sliding(d[o + 2], d[o + 3], d[o + 4], now, idx, start, size,
-                                                              p.limit)
+                ok, w, a, b, exp, rem, reset, retry = sliding(w0, a0, b0, now, idx, start, size, p.limit)
             elif alg == FIXED:
-                ok, w, a, b, exp, rem, reset, retry = fixed(d[o + 2], d[o + 3], d[o + 4], now, idx, start, size,
-                                                            p.limit)
+                ok, w, a, b, exp, rem, reset, retry = fixed(w0, a0, b0, now, idx, start, size, p.limit)
             else:
-                ok, w, a, b, exp, rem, reset, retry = gcra(d[o + 2], d[o + 3], d[o + 4], now, idx, start, size,
-                                                           p.limit)
+                ok, w, a, b, exp, rem, reset, retry = gcra(w0, a0, b0, now, idx, start, size, p.limit)
             if ok:
-                d[o + 1] = exp
-                d[o + 2] = w
-                d[o + 3] = a
-                d[o + 4] = b
+                # only what changed: within a window only ``a`` does (sliding, fixed), and ``exp`` follows ``w``
+                if w != w0:
+                    d[o + 1] = exp
+                    d[o + 2] = w
+                if a != a0:
+                    d[o + 3] = a
+                if b != b0:
+                    d[o + 4] = b
                 return 1, retry, rem, reset
             return 0, retry, rem, reset
         finally:
-            lock.release()
+            self.releases[stripe]()
 
     def _probe(self, base: int, mask: int, i: int, tag: int, now: float) -> int:
         """The slot for ``tag`` from home position ``i``: its own, else a stale or empty one (made fresh), else the
