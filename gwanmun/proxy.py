@@ -544,8 +544,8 @@ class Exchange:
             table: dict[bytes, int] = self.rt.settings.request_fields
             fields = [(n, v) for n, v in fields if table.get(n.lower(), F_FORWARD) != F_IDENTITY]
         self.chain = chain
-        self.ctx = Ctx(self, self.method, self.path, self.query, Headers(fields), self.client_ip, self.route,
-                       self.service, self.request_id, self.t0)
+        self.ctx = Ctx(self, self.method, self.path, self.query, None, self.client_ip, self.route, self.service,
+                       self.request_id, self.t0, fields)
         self._access_next()
 
     def _access_next(self) -> None:
@@ -604,9 +604,9 @@ class Exchange:
         """Every access handler said go on: join the (maybe changed) fields, pick the service, forward."""
         ctx: Ctx = self.ctx
         self.access_done = True
-        headers: Headers = ctx.headers
         fwd = self.fwd
-        if headers.changed:
+        if ctx._headers is not None and ctx._headers.changed:  # made only if a plugin looked at the fields
+            headers: Headers = ctx._headers
             if headers.edited:  # a received field was removed: forward what is left
                 fwd = _forwardable(headers.fields, self.rt.settings.request_fields, self.down.trusted,
                                    self.conn_named, self.req_buf is not None)
@@ -1541,6 +1541,7 @@ class Exchange:
                 return
             if self._fallback(FB_RETRIES_EXHAUSTED):
                 return
+        added: bytes = b""
         if self.chain is not None:
             chain: Chain = self.chain
             if chain.header_filter or chain.buffers_response:
@@ -1549,8 +1550,7 @@ class Exchange:
                 fields = b"".join(lines)
             else:
                 ctx: Ctx = self.ctx
-                if ctx.response_lines:  # fields the access phase added (plugins.context.Ctx.add_response_lines)
-                    fields += ctx.response_lines
+                added = ctx.response_lines  # fields the access phase added (plugins.context.Ctx.add_response_lines)
 
         if self.method == "HEAD" or status == 204 or status == 304:
             mode = _NONE
@@ -1586,8 +1586,8 @@ class Exchange:
         else:
             connection = b""
         line: bytes = STATUS_LINE.get(status) or status_line(status)
-        head = b"%b%b%b%b%b: %b\r\n%b\r\n" % (
-            line, fields, te, via, rid_name, self.request_id.encode("latin-1"), connection
+        head = b"%b%b%b%b%b%b: %b\r\n%b\r\n" % (
+            line, fields, added, te, via, rid_name, self.request_id.encode("latin-1"), connection
         )
         if self.resp_buf is not None:
             self.resp_head = head  # held until the body is complete (_response_buffered)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .recorder import GATEWAY_BUCKETS, KONG_SOURCE, LATENCY_BUCKETS, Recorder
+from .recorder import CURRENT, GATEWAY_BUCKETS, KONG_SOURCE, LATENCY_BUCKETS, Recorder
 
 if TYPE_CHECKING:
     from .status import Aggregate
@@ -29,13 +29,9 @@ if TYPE_CHECKING:
 PREFIX = "gwanmun_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_recorder: Recorder | None = None
-
-
 def bind(recorder: Recorder) -> None:
     """The process's recorder (a worker's), which ``ratelimit`` counts into."""
-    global _recorder
-    _recorder = recorder
+    CURRENT.rec = recorder
 
 
 def _name(entity: Any) -> str:
@@ -46,7 +42,7 @@ def _name(entity: Any) -> str:
 
 def ratelimit(ctx: Any, decision: str | bool, plugin: str = "rate-limiting") -> None:
     """Count one rate-limit decision (see the module's doc)."""
-    rec = _recorder
+    rec = CURRENT.rec
     if rec is None:
         return
     if decision is True:

@@ -368,3 +368,14 @@ class Recorder:
 
 def _by_requests(item: tuple[str, Talker]) -> int:
     return item[1].requests
+
+
+class Current:
+    """The process's recorder (a worker's): the one plugins count into (``metrics.bind`` sets it). A compiled
+    module-level constant, so the rate-limit check reads it without a module look-up."""
+
+    def __init__(self) -> None:
+        self.rec: Recorder | None = None
+
+
+CURRENT: Final = Current()

@@ -271,13 +271,16 @@ class Ctx:
     claims: dict[str, Any] | None
     response: Response | None
 
-    def __init__(self, ex: Any, method: str, path: str, query: bytes, headers: Headers, client_ip: str,
-                 route: Any, service: Any, request_id: str, started: float) -> None:
+    def __init__(self, ex: Any, method: str, path: str, query: bytes, headers: Headers | None, client_ip: str,
+                 route: Any, service: Any, request_id: str, started: float,
+                 fields: list[tuple[bytes, bytes]] | None = None) -> None:
         self.ex = ex  # the Exchange (private to the proxy: plugins use the fields below)
         self.method = method
         self.path = path  # normalised request path, as routed
         self.query = query  # raw query string, with its leading '?' (b"" when none); plugins may replace it
-        self.headers = headers
+        # ``headers`` is made on first use from the received ``fields`` (a plugin that reads none costs none)
+        self._headers = headers
+        self._fields = fields
         self.client_ip = client_ip  # behind trusted proxies: the real client's
         self.route = route  # routing.RouteEntry (name, id, ...)
         self.service = service  # runtime.Service (name, id, ...)
@@ -292,6 +295,18 @@ class Ctx:
         self.request_id = request_id
         self.started = started  # perf_counter() when the request's head was complete
         self.response_lines = b""  # see add_response_lines
+
+    @property
+    def headers(self) -> Headers:
+        """The request's fields, as the upstream will get them (``Headers``)."""
+        h = self._headers
+        if h is None:
+            h = self._headers = Headers(self._fields if self._fields is not None else [])
+        return h
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers = value
 
     @property
     def shared(self) -> dict[str, Any]:

@@ -12,8 +12,7 @@ from math import ceil
 from time import time
 from typing import Any, Callable
 
-from gwanmun.observability import metrics
-from gwanmun.observability.recorder import Recorder
+from gwanmun.observability.recorder import CURRENT, Recorder
 from gwanmun.plugins.context import Ctx, Reply
 
 from . import shared, stats
@@ -60,6 +59,8 @@ class LocalCheck:
         self.rec: Recorder | None = None
         self.names = ("", "")
         self.cell: list[int] = [0]
+        self.t = -1  # the last RateLimit t, and as bytes (block1)
+        self.tb = b""
 
     def access(self, ctx: Ctx) -> Reply | None:
         table = self.table
@@ -109,7 +110,7 @@ class LocalCheck:
 
     def _allowed(self, ctx: Ctx) -> None:
         """Count an admitted request: ``_count`` with the counter cell of the last route and service kept."""
-        rec: Recorder | None = metrics._recorder
+        rec: Recorder | None = CURRENT.rec
         if rec is None:
             return
         route = ctx.route
@@ -122,7 +123,7 @@ class LocalCheck:
 
     def _count(self, ctx: Ctx, decision: str) -> None:
         """gwanmun_ratelimit_decisions_total (as observability.metrics.ratelimit)."""
-        rec: Recorder | None = metrics._recorder
+        rec: Recorder | None = CURRENT.rec
         if rec is None:
             return
         rec.ratelimit(self.name, _name(ctx.service), _name(ctx.route), decision)
@@ -138,7 +139,11 @@ class LocalCheck:
     def block1(self, rem: float, reset: float) -> bytes:
         """``block`` for one period."""
         rb = b"%d" % (int(rem) if rem > 0 else 0)
-        tb = b"%d" % (ceil(reset) if reset > 1 else 1)
+        t = ceil(reset) if reset > 1 else 1
+        if t != self.t:  # changes once a second
+            self.t = t
+            self.tb = b"%d" % t
+        tb = self.tb
         # a literal format of bytes: compiled, one sized concatenation (a format held in a variable would be parsed
         # on every call, and each %d is a conversion)
         return b"%b%b\r\nRateLimit: %b;r=%b;t=%b\r\nRateLimit-Limit: %b\r\nRateLimit-Remaining: %b\r\nRateLimit-Reset: %b\r\n" % (
