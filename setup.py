@@ -32,6 +32,7 @@ HOT_MODULES = [
     "gwanmun/resilience/registry.py",
     "gwanmun/plugins/context.py",
     "gwanmun/plugins/chain.py",
+    "gwanmun/plugins/fastpath.py",
     "gwanmun/ratelimit/algorithms.py",
     "gwanmun/ratelimit/periods.py",
     "gwanmun/ratelimit/shared.py",

@@ -28,6 +28,7 @@ HOT_MODULES = (
     "gwanmun.resilience.registry",
     "gwanmun.plugins.context",
     "gwanmun.plugins.chain",
+    "gwanmun.plugins.fastpath",
     "gwanmun.ratelimit.algorithms",
     "gwanmun.ratelimit.periods",
     "gwanmun.ratelimit.shared",

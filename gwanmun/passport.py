@@ -266,6 +266,19 @@ class PassportSigner:
     ) -> str:
         """A passport for ``audience`` (the service's name): reused from the cache when one was minted for the same
         identity less than ``reuse`` seconds ago, else signed now with ``jti`` = ``request_id``."""
+        return self.mint_until(consumer_id, username, groups, claims, request_id, audience)[0]
+
+    def mint_until(
+        self,
+        consumer_id: str,
+        username: str | None,
+        groups: Sequence[str],
+        claims: Mapping[str, Any],
+        request_id: str | None,
+        audience: str,
+    ) -> tuple[str, float]:
+        """``mint``, and until when (epoch seconds) the same passport may be handed out again for this identity: a
+        caller that keeps it (plugins.fastpath) asks again only then."""
         now = self._clock()
         ck: Any = None
         if self.reuse:
@@ -274,7 +287,7 @@ class PassportSigner:
                 hit = self._cache.get(ck)
                 if hit is not None and hit[0] <= now < hit[0] + self.reuse:
                     self._cache.move_to_end(ck)
-                    return hit[1]
+                    return hit[1], float(hit[0] + self.reuse)
         iat = int(now)
         token = self._sign(consumer_id, username, groups, claims, request_id, audience, iat)
         if self.reuse:
@@ -283,7 +296,7 @@ class PassportSigner:
                 self._cache.move_to_end(ck)
                 if len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
-        return token
+        return token, float(iat + self.reuse)
 
     def _sign(
         self,

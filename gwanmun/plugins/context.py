@@ -262,6 +262,36 @@ _CHECKED: Final = frozenset({"X-Consumer-ID", "X-Consumer-Custom-ID", "X-Consume
                       "X-Consumer-Groups", "X-Anonymous-Consumer", "X-Passport"})  # known tokens: no regex needed
 
 
+def wire_value(value: str) -> str:
+    """Header values are str in latin-1 form (as on the wire): a consumer name outside latin-1 is sent as UTF-8."""
+    return value if value.isascii() else value.encode("utf-8").decode("latin-1")
+
+
+def _field(name: str, value: str | None) -> bytes:
+    return b"%b: %b\r\n" % (name.encode("latin-1"), wire_value(value).encode("latin-1")) if value else b""
+
+
+def consumer_lines(consumer: Any) -> bytes:
+    """The consumer's identity lines (Kong's X-Consumer-* fields), made once per consumer (and config version)."""
+    lines: bytes = consumer.lines
+    if not lines:
+        groups = consumer.groups
+        lines = consumer.lines = b"".join((
+            _field("X-Consumer-ID", consumer.id), _field("X-Consumer-Custom-ID", consumer.custom_id),
+            _field("X-Consumer-Username", consumer.username),
+            _field("X-Consumer-Groups", ", ".join(groups) if groups else None),
+        ))
+    return lines
+
+
+def credential_line(credential: Any) -> bytes:
+    """Its X-Credential-Identifier line, made once per credential."""
+    line: bytes = credential.line
+    if not line:
+        line = credential.line = _field("X-Credential-Identifier", credential.identifier)
+    return line
+
+
 class Ctx:
     """One request as the plugins see it. Made only for routes that have plugins."""
 
@@ -319,6 +349,17 @@ class Ctx:
     @shared.setter
     def shared(self, value: dict[str, Any]) -> None:
         self._shared = value
+
+    def authenticate(self, consumer: Any, credential: Any) -> None:
+        """A credential was accepted (``plugins.identity.authenticated``): the consumer (None only for a JWKS token
+        that names no known consumer), the credential, and Kong's identity fields for the upstream."""
+        self.consumer = consumer
+        self.credential = credential
+        self.authenticated = True
+        ident = credential_line(credential)
+        if consumer is not None:
+            ident = consumer_lines(consumer) + ident
+        self.headers.set_identity(ident)
 
     def add_response_lines(self, block: bytes) -> None:
         """From the access phase: fields for the response the client will get (the upstream's, a gateway error or a

@@ -19,6 +19,8 @@ import re
 from pydantic import field_validator
 
 from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, PluginConfig, _lines
+# the identity lines are built in compiled code (plugins/context.py)
+from gwanmun.plugins.context import consumer_lines, credential_line, wire_value  # noqa: F401
 
 CONSUMER_ID = "X-Consumer-ID"
 CONSUMER_CUSTOM_ID = "X-Consumer-Custom-ID"
@@ -31,43 +33,9 @@ ANONYMOUS = "X-Anonymous-Consumer"
 _REALM = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]{1,128}\Z')  # printable ASCII without '"' and '\'
 
 
-def wire_value(value: str) -> str:
-    """Header values are str in latin-1 form (as on the wire): a consumer name outside latin-1 is sent as UTF-8."""
-    return value if value.isascii() else value.encode("utf-8").decode("latin-1")
-
-
-def _field(name: str, value: str | None) -> bytes:
-    return b"%b: %b\r\n" % (name.encode("latin-1"), wire_value(value).encode("latin-1")) if value else b""
-
-
-def consumer_lines(consumer: Consumer) -> bytes:
-    """The consumer's identity lines, made once per consumer (and config version)."""
-    lines = consumer.lines
-    if not lines:
-        lines = consumer.lines = b"".join((
-            _field(CONSUMER_ID, consumer.id), _field(CONSUMER_CUSTOM_ID, consumer.custom_id),
-            _field(CONSUMER_USERNAME, consumer.username),
-            _field(CONSUMER_GROUPS, ", ".join(consumer.groups) if consumer.groups else None),
-        ))
-    return lines
-
-
-def credential_line(credential: Credential) -> bytes:
-    line = credential.line
-    if not line:
-        line = credential.line = _field(CREDENTIAL_IDENTIFIER, credential.identifier)
-    return line
-
-
 def authenticated(ctx: Ctx, consumer: Consumer | None, credential: Credential) -> None:
     """A credential was accepted. ``consumer`` is None only for a JWKS token that names no known consumer."""
-    ctx.consumer = consumer
-    ctx.credential = credential
-    ctx.authenticated = True
-    ident = credential_line(credential)
-    if consumer is not None:
-        ident = consumer_lines(consumer) + ident
-    ctx.headers.set_identity(ident)
+    ctx.authenticate(consumer, credential)
 
 
 def anonymous(ctx: Ctx, consumer: Consumer) -> None:

@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 from gwanmun.auth.secrets import hash_key, key_digest
 from gwanmun.plugins import identity
 from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Plugin, Reply
+from gwanmun.plugins.fastpath import KeyAuthPath
 
 log = logging.getLogger("gwanmun.plugins.key_auth")
 
@@ -109,6 +110,10 @@ class KeyAuth(Plugin):
                 log.warning("key-auth: credential %s has the same key as another one, skipped", cred.id)
                 continue
             self.keys[digest] = (cred.consumer, Credential(cred.id, cred.id, "key-auth"))
+        self.access = KeyAuthPath(  # type: ignore[method-assign]
+            self, self.key_names, self.keys,
+            fast=config.key_in_header and self.anonymous_consumer is None and config.run_on_preflight,
+            in_query=config.key_in_query, hide=config.hide_credentials).access
 
     def _fail(self, ctx: Ctx, message: str) -> Reply | None:
         if self.anonymous_consumer is not None:
@@ -116,7 +121,9 @@ class KeyAuth(Plugin):
             return None
         return Reply.error_(401, message, [("WWW-Authenticate", self.www_authenticate)])
 
-    def access(self, ctx: Ctx) -> Reply | None:
+    def access_slow(self, ctx: Ctx) -> Reply | None:
+        """The whole check (``access`` is ``fastpath.KeyAuthPath``'s, which comes here for all but the usual
+        case)."""
         cfg = self.config
         if identity.skip(ctx, self.anonymous_consumer, cfg.run_on_preflight):
             return None
