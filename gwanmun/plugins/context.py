@@ -108,7 +108,7 @@ class Headers:
     def _index(self) -> set[bytes]:
         names = self._names
         if names is None:
-            names = self._names = {n.lower() for n, _ in self.fields}
+            names = self._names = {_low(n) for n, _ in self.fields}
         return names
 
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -122,10 +122,9 @@ class Headers:
             for n, v in _lines(self.identity):
                 if n.lower() == key:
                     return v.decode("latin-1")
-        names = self._names
-        if names is None or key in names:  # no index yet: one scan costs less than building it
+        if key in self._index():  # plugins mostly ask for names that are not there: one set look-up
             for n, v in self.fields:
-                if n.lower() == key:
+                if _low(n) == key:
                     return v.decode("latin-1")
         return default
 
@@ -133,9 +132,7 @@ class Headers:
         if self.extra:
             self._fold()
         key = _KEYS.get(name) or _key(name)
-        names = self._names
-        out = [v.decode("latin-1") for n, v in self.fields if n.lower() == key] \
-            if names is None or key in names else []
+        out = [v.decode("latin-1") for n, v in self.fields if _low(n) == key] if key in self._index() else []
         if self.identity and key in IDENTITY_KEYS:
             out += [v.decode("latin-1") for n, v in _lines(self.identity) if n.lower() == key]
         group = self._added.get(key)
@@ -171,7 +168,7 @@ class Headers:
         names = self._index()
         if key in names:
             names.discard(key)
-            self.fields[:] = [(n, v) for n, v in self.fields if n.lower() != key]
+            self.fields[:] = [(n, v) for n, v in self.fields if _low(n) != key]
             self.edited = True
             found = True
         if found:
@@ -196,8 +193,9 @@ class Headers:
                 found = True
         index = self._index()
         if not names.isdisjoint(index):
-            index -= names
-            self.fields[:] = [(n, v) for n, v in self.fields if n.lower() not in names]
+            for key in names:
+                index.discard(key)
+            self.fields[:] = [(n, v) for n, v in self.fields if _low(n) not in names]
             self.edited = True
             found = True
         if found:
@@ -245,6 +243,18 @@ def _lines(block: bytes) -> list[tuple[bytes, bytes]]:
             n, _, v = line.partition(b": ")
             out.append((n, v))
     return out
+
+
+_LOW: Final[dict[bytes, bytes]] = {}  # received field name -> lower-cased (bytes.lower is a method call)
+
+
+def _low(name: bytes) -> bytes:
+    low = _LOW.get(name)
+    if low is None:
+        low = name.lower()
+        if len(_LOW) < 4096:  # clients choose names: bounded
+            _LOW[name] = low
+    return low
 
 
 _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # an RFC 9110 token

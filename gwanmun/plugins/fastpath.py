@@ -18,7 +18,6 @@ query or a cookie, two credentials, a failure and its Kong message, the anonymou
 
 from __future__ import annotations
 
-import re
 from hashlib import sha256
 from time import time
 from typing import Any, Final
@@ -28,7 +27,6 @@ from gwanmun.auth.secrets import SHA256_PREFIX
 from .context import Ctx
 
 CACHE: Final = 1024  # remembered tokens per jwt plugin instance
-_BEARER: Final = re.compile(r"\s*bearer\s+(\S+)\s*", re.IGNORECASE)  # as auth.jwt.TokenLocator
 
 
 class KeyAuthPath:
@@ -89,9 +87,10 @@ class JwtPath:
         for name in self.header_names:
             raw = headers.get(name)
             if raw:
-                m = _BEARER.fullmatch(raw)
-                if m is not None:
-                    found: str = m.group(1)
+                # "Bearer <token>" as TokenLocator's regex (\s*bearer\s+(\S+)\s*, any case), without a regex
+                parts = raw.split()
+                if len(parts) == 2 and parts[0].lower() == "bearer":
+                    found = parts[1]
                     if token and found != token:
                         return self.plugin.access_slow(ctx)  # two tokens: its answer
                     token = found
