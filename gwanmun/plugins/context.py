@@ -191,11 +191,11 @@ class Headers:
             if kept != self.identity:
                 self.identity = kept
                 found = True
-        index = self._index()
-        if not names.isdisjoint(index):
-            for key in names:
-                index.discard(key)
-            self.fields[:] = [(n, v) for n, v in self.fields if _low(n) not in names]
+        fields = self.fields
+        left = [f for f in fields if _low(f[0]) not in names]
+        if len(left) != len(fields):
+            fields[:] = left
+            self._names = None  # the name index is made again when next needed
             self.edited = True
             found = True
         if found:
@@ -218,6 +218,17 @@ class Headers:
             self._added[key] = [(wire, value.encode("latin-1"))]
         else:
             group.append((wire, value.encode("latin-1")))
+        self.changed = True
+
+    def add_made(self, key: bytes, name: bytes, value: bytes) -> None:
+        """``add`` for a field the gateway made itself (``key`` its lower-cased name): no checks (plugins.fastpath)."""
+        if self.extra:
+            self._fold()
+        group = self._added.get(key)
+        if group is None:
+            self._added[key] = [(name, value)]
+        else:
+            group.append((name, value))
         self.changed = True
 
     def set_identity(self, lines: bytes) -> None:

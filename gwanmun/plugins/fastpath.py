@@ -87,10 +87,18 @@ class JwtPath:
         for name in self.header_names:
             raw = headers.get(name)
             if raw:
-                # "Bearer <token>" as TokenLocator's regex (\s*bearer\s+(\S+)\s*, any case), without a regex
-                parts = raw.split()
-                if len(parts) == 2 and parts[0].lower() == "bearer":
-                    found = parts[1]
+                # "Bearer <token>" as TokenLocator's regex (\s*bearer\s+(\S+)\s*, any case), without a regex: the
+                # usual form is checked directly (a printable token without a space has no whitespace), others split
+                found = ""
+                if raw.startswith("Bearer "):
+                    rest = raw[7:]
+                    if rest.isprintable() and " " not in rest:
+                        found = rest
+                if not found:
+                    parts = raw.split()
+                    if len(parts) == 2 and parts[0].lower() == "bearer":
+                        found = parts[1]
+                if found:
                     if token and found != token:
                         return self.plugin.access_slow(ctx)  # two tokens: its answer
                     token = found
@@ -140,7 +148,9 @@ class PassportPath:
         self.remove_args = remove_args
         self.audience = audience
         # (consumer, id of the service) -> (reuse until, token); both live as long as this plugin instance's config
-        self.minted: dict[tuple[Any, int], tuple[float, str]] = {}
+        self.minted: dict[tuple[Any, int], tuple[float, bytes]] = {}
+        self.wire = header.encode("latin-1")  # a token: checked by the plugin's config
+        self.key = self.wire.lower()
 
     def access(self, ctx: Ctx) -> Any:
         consumer = ctx.consumer
@@ -156,13 +166,14 @@ class PassportPath:
             token = hit[1]
         else:
             audience = self.audience or _service_name(service)
-            token, until = self.signer.mint_until(consumer.id, consumer.username, list(consumer.groups), {},
-                                                  ctx.request_id, audience)
+            minted_token, until = self.signer.mint_until(consumer.id, consumer.username, list(consumer.groups), {},
+                                                         ctx.request_id, audience)
+            token = minted_token.encode("latin-1")  # base64url and dots
             minted = self.minted
             if len(minted) >= CACHE:
                 minted.clear()
             minted[key] = (until, token)
-        headers.add(self.header, token)
+        headers.add_made(self.key, self.wire, token)
         return None
 
 
