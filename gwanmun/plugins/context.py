@@ -122,17 +122,18 @@ class Headers:
             for n, v in _lines(self.identity):
                 if n.lower() == key:
                     return v.decode("latin-1")
-        if key in self._index():  # plugins mostly ask for names that are not there: one set look-up
-            for n, v in self.fields:
-                if _low(n) == key:
-                    return v.decode("latin-1")
+        size = len(key)
+        for n, v in self.fields:  # lower-cased only when the length matches: most names differ in length
+            if len(n) == size and (n == key or _low(n) == key):
+                return v.decode("latin-1")
         return default
 
     def get_all(self, name: str) -> list[str]:
         if self.extra:
             self._fold()
         key = _KEYS.get(name) or _key(name)
-        out = [v.decode("latin-1") for n, v in self.fields if _low(n) == key] if key in self._index() else []
+        size = len(key)
+        out = [v.decode("latin-1") for n, v in self.fields if len(n) == size and (n == key or _low(n) == key)]
         if self.identity and key in IDENTITY_KEYS:
             out += [v.decode("latin-1") for n, v in _lines(self.identity) if n.lower() == key]
         group = self._added.get(key)
@@ -192,7 +193,8 @@ class Headers:
                 self.identity = kept
                 found = True
         fields = self.fields
-        left = [f for f in fields if _low(f[0]) not in names]
+        sizes = {len(k) for k in names}
+        left = [f for f in fields if len(f[0]) not in sizes or _low(f[0]) not in names]
         if len(left) != len(fields):
             fields[:] = left
             self._names = None  # the name index is made again when next needed

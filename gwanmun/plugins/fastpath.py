@@ -64,6 +64,7 @@ class JwtPath:
         self.plugin = plugin
         self.header_names = header_names
         self.uri_names = uri_names  # b"jwt=": a query holding one of these goes the plugin's way
+        self.one_header = len(header_names) == 1
         self.fast = fast  # no cookies, no anonymous, run_on_preflight, no JWKS
         self.check_exp = check_exp
         self.check_nbf = check_nbf
@@ -83,21 +84,22 @@ class JwtPath:
                 if arg in query:
                     return self.plugin.access_slow(ctx)
         headers = ctx.headers
+        if self.one_header:  # the usual request: "Bearer <a token this plugin accepted before>"
+            raw = headers.get(self.header_names[0])
+            if raw is not None and raw.startswith("Bearer "):
+                known = raw[7:]
+                hit = self.seen.get(known)
+                if hit is not None:  # the very string the plugin's parser took as a token: no need to parse it
+                    return self._accept(ctx, known, hit)
         token = ""
         for name in self.header_names:
             raw = headers.get(name)
             if raw:
-                # "Bearer <token>" as TokenLocator's regex (\s*bearer\s+(\S+)\s*, any case), without a regex: the
-                # usual form is checked directly (a printable token without a space has no whitespace), others split
+                # "Bearer <token>" as TokenLocator's regex (\s*bearer\s+(\S+)\s*, any case), without a regex
                 found = ""
-                if raw.startswith("Bearer "):
-                    rest = raw[7:]
-                    if rest.isprintable() and " " not in rest:
-                        found = rest
-                if not found:
-                    parts = raw.split()
-                    if len(parts) == 2 and parts[0].lower() == "bearer":
-                        found = parts[1]
+                parts = raw.split()
+                if len(parts) == 2 and parts[0].lower() == "bearer":
+                    found = parts[1]
                 if found:
                     if token and found != token:
                         return self.plugin.access_slow(ctx)  # two tokens: its answer
@@ -107,6 +109,10 @@ class JwtPath:
         hit = self.seen.get(token)
         if hit is None:
             return self._verify(ctx, token)
+        return self._accept(ctx, token, hit)
+
+    def _accept(self, ctx: Ctx, token: str, hit: tuple[dict[str, Any], Any, Any, float, float]) -> Any:
+        """A token this plugin accepted before: only its time claims are checked again."""
         claims, consumer, credential, exp, nbf = hit
         now = time()
         leeway = self.leeway
