@@ -176,7 +176,7 @@ class Headers:
             self.changed = True
         return found
 
-    def remove_all(self, names: frozenset[bytes]) -> bool:
+    def remove_all(self, names: frozenset[bytes], sizes: frozenset[int] | None = None) -> bool:
         """Remove every field whose lower-cased wire name is in ``names`` (precomputed by the caller), in one pass:
         cheaper than one ``remove`` per name when some are there."""
         if self.extra:
@@ -193,7 +193,8 @@ class Headers:
                 self.identity = kept
                 found = True
         fields = self.fields
-        sizes = {len(k) for k in names}
+        if sizes is None:  # the lengths of ``names`` (a caller that removes the same names each time passes them)
+            sizes = frozenset([len(k) for k in names])
         left = [f for f in fields if len(f[0]) not in sizes or _low(f[0]) not in names]
         if len(left) != len(fields):
             fields[:] = left
@@ -223,14 +224,9 @@ class Headers:
         self.changed = True
 
     def add_made(self, key: bytes, name: bytes, value: bytes) -> None:
-        """``add`` for a field the gateway made itself (``key`` its lower-cased name): no checks (plugins.fastpath)."""
-        if self.extra:
-            self._fold()
-        group = self._added.get(key)
-        if group is None:
-            self._added[key] = [(name, value)]
-        else:
-            group.append((name, value))
+        """``add`` for a field the gateway made itself (``key`` its lower-cased name): no checks, kept as a finished
+        line (``append_lines``) until a plugin reads the fields (plugins.fastpath)."""
+        self.extra += b"%b: %b\r\n" % (name, value)
         self.changed = True
 
     def set_identity(self, lines: bytes) -> None:

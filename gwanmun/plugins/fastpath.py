@@ -34,7 +34,9 @@ class KeyAuthPath:
                  in_query: bool, hide: bool) -> None:
         self.plugin = plugin
         self.key_names = key_names
-        self.keys = keys  # digest -> (consumer, credential), the plugin's
+        # the plugin's keys ("sha256$<hex>" -> (consumer, credential)) by raw digest: no hex per request
+        self.digests = {bytes.fromhex(k[len(SHA256_PREFIX):]): v for k, v in keys.items()
+                        if k.startswith(SHA256_PREFIX)}
         self.fast = fast  # key_in_header, no anonymous, run_on_preflight
         self.in_query = in_query
         self.hide = hide
@@ -48,7 +50,7 @@ class KeyAuthPath:
             if values:
                 if len(values) > 1 or not values[0]:
                     break
-                hit = self.keys.get(SHA256_PREFIX + sha256(values[0].encode()).hexdigest())
+                hit = self.digests.get(sha256(values[0].encode()).digest())
                 if hit is None:
                     break
                 if self.hide:
@@ -150,6 +152,7 @@ class PassportPath:
         self.signer = signer
         self.header = header
         self.remove_headers = remove_headers  # includes ``header``: a client's passport never goes up
+        self.sizes = frozenset([len(n) for n in remove_headers])
         self.fast = fast  # no claims carried over, no username_claim
         self.remove_args = remove_args
         self.audience = audience
@@ -163,7 +166,7 @@ class PassportPath:
         if not self.fast or consumer is None or not ctx.authenticated or self.remove_args and ctx.query:
             return self.plugin.access_slow(ctx)
         headers = ctx.headers
-        headers.remove_all(self.remove_headers)
+        headers.remove_all(self.remove_headers, self.sizes)
         service = ctx.service
         key = (consumer, id(service))
         now = time()
