@@ -498,3 +498,41 @@ def test_thumbprint_rfc7638_example():
 def test_generate_key_rejects_other_algorithms():
     with pytest.raises(ValueError, match="not supported"):
         generate_key("RS256")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the passport plugin's compiled path (plugins/fastpath.PassportPath)
+# ------------------------------------------------------------------------------------------------------------------
+
+def test_plugin_fast_path_reuses_per_consumer_and_service_and_strips_credentials(keys):
+    from types import SimpleNamespace
+
+    from gwanmun.plugins.base import BuildEnv, Consumer, Credential, Ctx, Headers
+    from gwanmun.plugins.passport import Passport
+
+    env = BuildEnv(passport=SimpleNamespace(keys=[SimpleNamespace(model_dump=lambda k=keys["EdDSA"][0]: k)],
+                                            issuer="gwanmun"))
+    plugin = Passport(Passport.Config(reuse=20, ttl=60), env)
+    alice = Consumer("c-1", "alice", groups=("beta",))
+    jwks = {"keys": [dict(k) for k in plugin.signer.jwks()["keys"]]}
+
+    def request(service, consumer=alice):
+        ctx = Ctx(None, "GET", "/", b"", Headers([(b"Authorization", b"Bearer t"), (b"apikey", b"k"),
+                                                   (b"X-Passport", b"forged"), (b"Accept", b"*/*")]),
+                  "1.2.3.4", SimpleNamespace(name="r", id=None), service, "rid", 0.0)
+        ctx.authenticate(consumer, Credential("k-1", "k-1", "key-auth"))
+        assert plugin.access(ctx) is None
+        names = [n.lower() for n, _ in ctx.headers.items()]
+        assert "authorization" not in names and "apikey" not in names and "accept" in names
+        assert [v for n, v in ctx.headers.items() if n.lower() == "x-passport"] == [ctx.headers.get("X-Passport")]
+        return ctx.headers.get("X-Passport")
+
+    orders, memos = SimpleNamespace(name="orders", id=None), SimpleNamespace(name="memos", id=None)
+    first = request(orders)
+    assert first != "forged" and request(orders) == first  # reused within the interval
+    other = request(memos)
+    assert other != first
+    assert verify(first, jwks, audience="orders")["preferred_username"] == "alice"
+    assert verify(other, jwks, audience="memos")["groups"] == ["beta"]
+    bob = Consumer("c-2", "bob")
+    assert verify(request(orders, bob), jwks, audience="orders")["sub"] == "c-2"

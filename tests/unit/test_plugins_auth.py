@@ -791,3 +791,56 @@ def test_logical_and_without_anonymous(env):
     # an anonymous jwt before an AND key-auth: key-auth still runs and must succeed
     plugins = [make(Jwt, env, anonymous="anonymous"), make(KeyAuth, env)]
     assert_401(chain(plugins, ctx_()), "No API key found in request")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the compiled fast paths (plugins/fastpath.py): the same answers as the plugins' own access
+# --------------------------------------------------------------------------------------------------------------
+
+def test_jwt_fast_path_remembers_only_accepted_tokens_and_checks_exp_again(env):
+    p = make(Jwt, env, claims_to_verify=["exp"])
+    path = p.access.__self__
+    token = hs({"iss": "alice-iss", "exp": int(time.time()) + 2})
+    for _ in range(2):  # verified by the plugin, then remembered and taken from memory
+        ctx = ctx_(query=b"", headers=bearer(token))
+        assert p.access(ctx) is None
+        assert_identity(ctx, ALICE, "alice-iss")
+        assert ctx.shared["authenticated_jwt_token"] == token
+    assert list(path.seen) == [token]
+    bad = hs({"iss": "alice-iss", "exp": int(time.time()) + 60}, secret="another-secret-0123456789-0123456789")
+    assert_401(p.access(ctx_(query=b"", headers=bearer(bad))), "Invalid signature")
+    assert list(path.seen) == [token]  # a refused token is never remembered
+    # forms the plugin's parser refuses stay refused, even around a remembered token
+    for value in (f"Bearer {token} extra", f"Bearer{token}", f"Token {token}"):
+        assert_401(p.access(ctx_(query=b"", headers=[("Authorization", value)])), "Unauthorized")
+    ctx = ctx_(query=b"", headers=[("Authorization", f"  bearer   {token} ")])  # the plugin's regex takes these
+    assert p.access(ctx) is None and ctx.consumer is ALICE
+    # a token in the query too: the plugin's answer ("Multiple tokens provided" when they differ)
+    other = hs({"iss": "alice-iss", "exp": int(time.time()) + 60})
+    reply = p.access(ctx_(query=b"?jwt=" + other.encode(), headers=bearer(token)))
+    assert_401(reply, "Multiple tokens provided")
+    time.sleep(2.1)  # the remembered token expires: refused as the plugin refuses it
+    reply = p.access(ctx_(query=b"", headers=bearer(token)))
+    assert_401(reply, "token expired")
+    assert reply.body["exp"] == "token expired"
+
+
+def test_jwt_fast_path_not_used_with_anonymous_or_cookies(env):
+    anon = make(Jwt, env, anonymous=ANON.id)
+    cookie = make(Jwt, env, cookie_names=["jwt"])
+    assert not anon.access.__self__.fast and not cookie.access.__self__.fast
+    ctx = ctx_(query=b"", headers=[("Cookie", "jwt=" + hs({"iss": "alice-iss"}))])
+    assert cookie.access(ctx) is None and ctx.consumer is ALICE
+
+
+def test_key_auth_fast_path_plain_and_hashed_keys(env):
+    p = make(KeyAuth, env, hide_credentials=True)
+    for key, consumer, cred in (("alice-key-123", ALICE, "k-alice"), ("bob-key-456", BOB, "k-bob")):
+        ctx = ctx_(query=b"", headers=[("apikey", key)])
+        assert p.access(ctx) is None
+        assert_identity(ctx, consumer, cred)
+        assert h(ctx, "apikey") is None  # hidden
+    assert_401(p.access(ctx_(query=b"", headers=[("apikey", "alice-key-1234")])),
+               "Invalid authentication credentials")
+    assert_401(p.access(ctx_(query=b"", headers=[("apikey", "alice-key-123"), ("apikey", "alice-key-123")])),
+               "Duplicate API key found")
