@@ -203,12 +203,24 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        # The child starts with the supervisor's signal handlers and wake-up pipe: a signal it got before leaving them
+        # (the supervisor's own SIGTERM to a worker forked a moment before a shutdown) would be read by the supervisor
+        # as its own, and a second SIGTERM forces the shutdown. So the handled signals are blocked across the fork and
+        # unblocked in the child only once it has its own dispositions.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SignalPipe.HANDLED)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SignalPipe.HANDLED)
+            raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SignalPipe.HANDLED)
         if pid == 0:  # the worker: never returns into the supervisor's code
             code = 1
             try:
                 ours.close()
                 self._leave_to_worker(slot)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SignalPipe.HANDLED)
                 code = worker_process.main(slot.index, self.runtime, slot.socks, theirs, pid_file=self.pid_file)
             except BaseException:
                 log.critical("worker failed", exc_info=True,

@@ -176,7 +176,8 @@ def test_sigterm_to_the_whole_process_group_is_still_graceful(gateway, scripted,
             except ProcessLookupError:
                 pass  # the idle worker has already exited
         time.sleep(0.5)
-        assert gw.alive() and not gw.stderr_events("forced_stop", after=mark)
+        assert gw.alive() and not gw.stderr_events("forced_stop", after=mark), (workers, gw.pid, [
+            {k: e.get(k) for k in ("event", "pid", "worker", "signal", "message")} for e in gw.stderr_events(after=mark)])
         scripted.open_gate(f"g-{token}")
         r = c.read_response()
         assert r.status == 200 and r.json()["bytes"] == 16
