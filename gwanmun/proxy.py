@@ -185,6 +185,7 @@ class Exchange:
     fwd: Any = None  # forwarded request fields (flat list), joined once the access phase is over
     conn_named: Any = None  # fields the client's Connection header named (dropped)
     tail_rest = b""  # the head tail after the forwarded fields
+    fwd_b = b""  # ``fwd`` joined, as it came: the head when no plugin changed a field
     req_buf: Any = None  # the raw request body, for plugins that read it whole
     req_buf_size = 0
     resp_buf: Any = None  # the response body, for plugins that rewrite it
@@ -423,6 +424,7 @@ class Exchange:
             return self._proceed()
         # Plugins run first; they may change the forwarded fields, so those are joined after them.
         self.fwd = fwd
+        self.fwd_b = fields
         self.conn_named = tokens - _PLAIN_CONNECTION if tokens else None
         self.tail_rest = b"%bX-Forwarded-Host: %b\r\nX-Forwarded-Path: %b\r\n%b%b%b: %b\r\n%b\r\n" % (
             forwarded, fwd_host, fwd_path, prefix, via_line, rid_name, rid.encode("latin-1"), te,
@@ -605,7 +607,9 @@ class Exchange:
         ctx: Ctx = self.ctx
         self.access_done = True
         fwd = self.fwd
+        changed = False
         if ctx._headers is not None and ctx._headers.changed:  # made only if a plugin looked at the fields
+            changed = True
             headers: Headers = ctx._headers
             if headers.edited:  # a received field was removed: forward what is left
                 fwd = _forwardable(headers.fields, self.rt.settings.request_fields, self.down.trusted,
@@ -640,7 +644,7 @@ class Exchange:
             if self.req_done:
                 self._request_buffered()
             return  # request_done goes on
-        self.head_tail = b"".join(fwd) + self.tail_rest
+        self.head_tail = (b"".join(fwd) if changed else self.fwd_b) + self.tail_rest
         self._proceed()
 
     def _request_buffered(self) -> None:
