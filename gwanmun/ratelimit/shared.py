@@ -33,6 +33,7 @@ import logging
 import mmap
 import multiprocessing
 import os
+import struct
 import threading
 from typing import Any, Callable, Final
 
@@ -105,6 +106,8 @@ class Table:
         self.locks: list[Any] = [ctx.Lock() if shared else threading.Lock() for _ in range(stripes)]
         self.meta: Any = ctx.Lock() if shared else threading.Lock()  # position claims, lock recovery
         # the locks' bound methods, made once: a call through a bound method costs less than a method look-up
+        self.read_slot: Callable[[Any, int], tuple[int, float, float, float, float]] = \
+            struct.Struct("=qdddd").unpack_from  # [tag, expires, w, a, b] of the slot at a byte offset
         self.tries: list[Callable[[bool], bool]] = [lock.acquire for lock in self.locks]
         self.releases: list[Callable[[], None]] = [lock.release for lock in self.locks]
         self.position = -1  # this process's position (in-flight shares)
@@ -230,17 +233,17 @@ class Table:
             mask = self.mask
             tag = (h ^ p.salt) or 1
             o = base + ((tag >> 20) & mask) * WORDS
-            if q[o] != tag:
+            # the slot's tag and state in one call (a bound Struct.unpack_from), not four indexings
+            t0, _, w0, a0, b0 = self.read_slot(self.buf, o * 8)
+            if t0 != tag:
                 o = self._probe(base, mask, (tag >> 20) & mask, tag, now)
+                t0, _, w0, a0, b0 = self.read_slot(self.buf, o * 8)
             size = p.size
             if size:
                 idx = float(floor(now / size))  # now > 0: as now // size, without fmod
                 start = idx * size
             else:
                 idx, start, size = p.window(now)
-            w0 = d[o + 2]
-            a0 = d[o + 3]
-            b0 = d[o + 4]
             if alg == SLIDING:
                 ok, w, a, b, exp, rem, reset, retry = sliding(w0, a0, b0, now, idx, start, size, p.limit)
             elif alg == FIXED:
