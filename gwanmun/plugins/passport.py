@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from ..passport import PASSPORT_HEADER, PassportSigner
 from .base import BuildEnv, Ctx, Plugin, PluginConfig, Reply
-from .fastpath import PassportPath
+from .fastpath import PassportPath, _service_name
 
 _HEADER = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 
@@ -94,10 +94,6 @@ class Passport(Plugin):
         token = self.signer.mint(consumer.id, username, list(consumer.groups), claims, ctx.request_id, audience)
         h.set(self.header, token)
         return None
-
-
-def _service_name(service: Any) -> str:
-    return getattr(service, "name", None) or getattr(service, "id", None) or "gwanmun"
 
 
 def _without_args(query: bytes, names: frozenset[str]) -> bytes:

@@ -77,3 +77,14 @@ FIXED: Final = 0
 SLIDING: Final = 1
 GCRA: Final = 2
 CODES: Final = {"fixed": FIXED, "sliding": SLIDING, "gcra": GCRA}  # for shared.Table.hit1
+
+
+def code_of(step: object) -> int:
+    """The number of one of the three step functions (``CODES``), or -1 for another callable (tests)."""
+    if step is fixed:
+        return FIXED
+    if step is sliding:
+        return SLIDING
+    if step is gcra:
+        return GCRA
+    return -1

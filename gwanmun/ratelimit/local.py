@@ -12,20 +12,15 @@ from math import ceil
 from time import time
 from typing import Any, Callable
 
+from gwanmun.observability.metrics import _name
 from gwanmun.observability.recorder import CURRENT, Recorder
 from gwanmun.plugins.context import Ctx, Reply
 
 from . import shared, stats
-from .algorithms import CODES, fixed, gcra, sliding
+from .algorithms import code_of
 from .shared import HASH_MASK
 from .periods import Period
 
-
-
-def _name(entity: Any) -> str:
-    if entity is None:
-        return ""
-    return str(getattr(entity, "name", None) or getattr(entity, "id", None) or "")
 
 
 class LocalCheck:
@@ -46,7 +41,7 @@ class LocalCheck:
         self.limit = limit
         self.one = len(periods) == 1
         self.period = periods[0]
-        self.alg = CODES.get(getattr(step, "__name__", ""), -1) if step in (fixed, sliding, gcra) else -1
+        self.alg = code_of(step)
         if self.alg < 0:
             self.one = False  # another step function (tests): the generic path
         self.name = name

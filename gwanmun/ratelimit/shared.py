@@ -40,7 +40,7 @@ from typing import Any, Callable, Final
 from . import stats
 from math import floor
 
-from .algorithms import FIXED, SLIDING, fixed, gcra, sliding
+from .algorithms import FIXED, SLIDING, code_of, fixed, gcra, sliding
 from .periods import Period
 
 log = logging.getLogger("gwanmun")
@@ -143,10 +143,15 @@ class Table:
     def hit(self, h: int, step: Callable, periods: tuple, now: float) -> tuple[bool, float, list] | None:
         """Count one request of key hash ``h`` against every period (``periods.Period``), with ``step`` (an
         ``algorithms`` function). Returns ``(admitted, retry_after, [(remaining, reset), ...])``, or None when the
-        table could not be locked (the caller lets the request through).
+        table could not be locked (the caller lets the request through). One period with one of the three
+        algorithms is ``hit1``'s work.
 
-        Compiled (setup.py): hashes are cut to 60 bits so that every operation stays on machine integers, and the
-        three algorithms are called directly (native calls, unboxed floats) rather than through ``step``."""
+        Compiled (setup.py): hashes are cut to 60 bits so that every operation stays on machine integers."""
+        if len(periods) == 1:
+            code = code_of(step)
+            if code >= 0:
+                status, retry1, rem, reset = self.hit1(h, code, periods[0], now)
+                return None if status < 0 else (status > 0, retry1, [(rem, reset)])
         h &= HASH_MASK
         stripe = h & self.smask
         lock = self.locks[stripe]
@@ -155,36 +160,9 @@ class Table:
         try:
             q = self.q
             d = self.d
-            q[stripe] = PID
+            q[stripe] = self.pid
             base: int = self.bases[stripe]
             mask = self.mask
-            if len(periods) == 1:  # the common case, without lists
-                p: Period = periods[0]
-                tag = (h ^ p.salt) or 1
-                o = base + ((tag >> 20) & mask) * WORDS
-                if q[o] != tag:
-                    o = self._probe(base, mask, (tag >> 20) & mask, tag, now)
-                size = p.size
-                if size:
-                    idx = now // size
-                    start = idx * size
-                else:
-                    idx, start, size = p.window(now)
-                w, a, b = d[o + 2], d[o + 3], d[o + 4]
-                if step is sliding:
-                    ok, w, a, b, exp, rem, reset, retry = sliding(w, a, b, now, idx, start, size, p.limit)
-                elif step is fixed:
-                    ok, w, a, b, exp, rem, reset, retry = fixed(w, a, b, now, idx, start, size, p.limit)
-                elif step is gcra:
-                    ok, w, a, b, exp, rem, reset, retry = gcra(w, a, b, now, idx, start, size, p.limit)
-                else:
-                    ok, w, a, b, exp, rem, reset, retry = step(w, a, b, now, idx, start, size, p.limit)
-                if ok:
-                    d[o + 1] = exp
-                    d[o + 2] = w
-                    d[o + 3] = a
-                    d[o + 4] = b
-                return ok, retry, [(rem, reset)]
             out = []
             writes = []
             ok = True
