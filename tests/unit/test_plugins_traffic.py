@@ -605,3 +605,22 @@ def test_response_transformer_config_errors(cfg, message):
 def test_names_and_priorities(cls, name, priority):
     assert cls.name == name and cls.priority == priority
     cls.Config.model_json_schema()  # the admin API / docs can describe every config
+
+
+def test_ctx_add_response_header_checks_and_collects_fields():
+    from types import SimpleNamespace
+
+    from gwanmun.plugins.base import Ctx, Headers, Response
+
+    ctx = Ctx(None, "GET", "/", b"", None, "1.2.3.4", SimpleNamespace(name="r", id=None),
+              SimpleNamespace(name="s", id=None), "rid", 0.0, [(b"Host", b"x")])
+    ctx.add_response_header("X-Quota", "5")
+    ctx.add_response_lines(b"X-Other: a\r\n")
+    for name, value in (("Bad Name", "1"), ("X-Split", "a\r\nInjected: 1"), ("X-Nul", "a\0")):
+        with pytest.raises(ValueError):
+            ctx.add_response_header(name, value)
+    assert ctx.response_lines == b"X-Quota: 5\r\nX-Other: a\r\n"
+    resp = Response(200, Headers(None, [b"Content-Type: text/plain\r\n"]))
+    resp.headers.append_lines(ctx.response_lines)  # as the proxy does before the header filters
+    assert resp.headers.get("x-quota") == "5" and resp.headers.get("Content-Type") == "text/plain"
+    assert ctx.headers.get("host") == "x"  # the request's fields, made on first use
