@@ -98,14 +98,11 @@ class JwtPath:
             raw = headers.get(name)
             if raw:
                 # "Bearer <token>" as TokenLocator's regex (\s*bearer\s+(\S+)\s*, any case), without a regex
-                found = ""
                 parts = raw.split()
                 if len(parts) == 2 and parts[0].lower() == "bearer":
-                    found = parts[1]
-                if found:
-                    if token and found != token:
+                    if token and parts[1] != token:
                         return self.plugin.access_slow(ctx)  # two tokens: its answer
-                    token = found
+                    token = parts[1]
         if not token:
             return self.plugin.access_slow(ctx)
         hit = self.seen.get(token)
